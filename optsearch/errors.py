@@ -1,0 +1,23 @@
+"""The one error type for bad input: it names the file, the key and the value."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Bad input. ``str(err)`` is the one-line message the CLI prints before exiting with 2."""
+
+    def __init__(self, key: str, value: object, message: str, file: str | None = None):
+        self.key = key
+        self.value = value
+        self.message = message
+        self.file = file
+        super().__init__(str(self))
+
+    def with_file(self, file: str) -> "ConfigError":
+        return ConfigError(self.key, self.value, self.message, file=file)
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        if self.key:
+            return f"{where}{self.key} = {self.value!r}: {self.message}"
+        return f"{where}{self.message}"

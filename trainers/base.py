@@ -1,0 +1,79 @@
+"""The trainer interface: ``fit(params, ctx) -> final metrics``.
+
+A trainer is any object with ``fit(params, ctx)``, or a plain function of that signature.
+Built-in trainers are classes constructed once per worker with their config options, so
+the data they load stays resident for every trial the worker runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import optuna
+import torch
+
+from optsearch.spaces.build import BuildContext, build
+
+
+@dataclass
+class TrialContext:
+    """What a trainer gets besides the params."""
+
+    trial_number: int
+    seed: int
+    device: torch.device
+    options: dict = field(default_factory=dict)  # the trainer's config options, as given
+    reporter: Callable[[int, dict], bool] | None = None  # returns True when the trial should stop
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        """Report metrics after ``step`` (an epoch); raises ``optuna.TrialPruned`` on a prune."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.reporter is not None and self.reporter(step, metrics):
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+    def build(self, params: dict, model: torch.nn.Module, *, steps_per_epoch: int, epochs: int,
+              batch_size: int = 1, train_size: int = 1):
+        """The optimizer and per-batch scheduler the params describe (``spaces.build``)."""
+        return build(params, model, BuildContext(steps_per_epoch, epochs, batch_size, train_size))
+
+
+class Trainer(Protocol):
+    def fit(self, params: dict, ctx: TrialContext) -> dict[str, float]: ...
+
+
+class FunctionTrainer:
+    """Adapts a user's ``fit(params, ctx)`` function to the Trainer protocol."""
+
+    def __init__(self, func: Callable[[dict, TrialContext], dict]):
+        self.func = func
+
+    def fit(self, params: dict, ctx: TrialContext) -> dict[str, float]:
+        return self.func(params, ctx)
+
+
+def options_from(cls: type, options: dict, key: str = "trainer") -> Any:
+    """Build a trainer's options dataclass from config, with one-line errors for bad keys."""
+    from optsearch.errors import ConfigError
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in options.items():
+        if k not in fields:
+            raise ConfigError(f"{key}.{k}", v, f"unknown option; allowed: {sorted(fields)}")
+    obj = cls(**options)
+    check = getattr(obj, "validate", None)
+    if check:
+        for fname, message in check():
+            raise ConfigError(f"{key}.{fname}", getattr(obj, fname), message)
+    return obj
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,108 @@
+"""scikit-learn's digits (1,797 8x8 images): a small MLP, seconds per trial on a CPU.
+
+Splits are fixed by ``split_seed``: 20% test, then ``val_fraction`` of the rest for
+validation. The study optimises ``val_acc``; ``test_acc`` is only reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from optsearch.trainers.base import TrialContext
+
+
+@dataclass
+class DigitsOptions:
+    epochs: int = 20
+    batch_size: int = 64
+    hidden: int = 128
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+    def validate(self):
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            yield "epochs", "must be an integer >= 1"
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            yield "batch_size", "must be an integer >= 1"
+        if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1:
+            yield "hidden", "must be an integer >= 1"
+        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
+            yield "val_fraction", "must be in (0, 1)"
+
+
+def load_digits_tensors(split_seed: int, val_fraction: float):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
+    x, y = x[perm], y[perm]
+    n_test = len(x) // 5
+    n_val = int((len(x) - n_test) * val_fraction)
+    test = (x[:n_test], y[:n_test])
+    val = (x[n_test:n_test + n_val], y[n_test:n_test + n_val])
+    train = (x[n_test + n_val:], y[n_test + n_val:])
+    return train, val, test
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+class DigitsTrainer:
+    Options = DigitsOptions
+
+    def __init__(self, options: DigitsOptions | None = None):
+        self.options = options or DigitsOptions()
+        self._data = None  # loaded once, reused for every trial of this worker
+
+    def data(self):
+        if self._data is None:
+            self._data = load_digits_tensors(self.options.split_seed, self.options.val_fraction)
+        return self._data
+
+    def model(self) -> nn.Module:
+        h = self.options.hidden
+        return nn.Sequential(
+            nn.Sequential(nn.Linear(64, h), nn.LayerNorm(h), nn.ReLU()),
+            nn.Sequential(nn.Linear(h, h), nn.ReLU()),
+            nn.Linear(h, 10),
+        )
+
+    def fit(self, params: dict, ctx: TrialContext) -> dict[str, float]:
+        o = self.options
+        (xt, yt), (xv, yv), (xs, ys) = (tuple(t.to(ctx.device) for t in s) for s in self.data())
+        torch.manual_seed(ctx.seed)
+        model = self.model().to(ctx.device)
+        steps = -(-len(xt) // o.batch_size)
+        optimizer, scheduler = ctx.build(params, model, steps_per_epoch=steps, epochs=o.epochs,
+                                         batch_size=o.batch_size, train_size=len(xt))
+        gen = torch.Generator().manual_seed(ctx.seed)
+        loss_fn = nn.CrossEntropyLoss()
+        metrics: dict[str, float] = {}
+        for epoch in range(o.epochs):
+            model.train()
+            perm = torch.randperm(len(xt), generator=gen).to(ctx.device)
+            total = 0.0
+            for i in range(steps):
+                idx = perm[i * o.batch_size:(i + 1) * o.batch_size]
+                loss = loss_fn(model(xt[idx]), yt[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(idx)
+            train_loss = total / len(xt)
+            if not torch.isfinite(torch.tensor(train_loss)):
+                raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
+            metrics = {"train_loss": train_loss, "val_acc": accuracy(model, xv, yv),
+                       "lr": optimizer.param_groups[0]["lr"]}
+            ctx.report(epoch + 1, metrics)
+        metrics["test_acc"] = accuracy(model, xs, ys)
+        return metrics
