@@ -26,6 +26,7 @@ class TrialContext:
     device: torch.device
     options: dict = field(default_factory=dict)  # the trainer's config options, as given
     reporter: Callable[[int, dict], bool] | None = None  # returns True when the trial should stop
+    budget: BuildContext | None = None  # set by build(): what the export needs to rebuild the schedule
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         """Report metrics after ``step`` (an epoch); raises ``optuna.TrialPruned`` on a prune."""
@@ -36,7 +37,8 @@ class TrialContext:
     def build(self, params: dict, model: torch.nn.Module, *, steps_per_epoch: int, epochs: int,
               batch_size: int = 1, train_size: int = 1):
         """The optimizer and per-batch scheduler the params describe (``spaces.build``)."""
-        return build(params, model, BuildContext(steps_per_epoch, epochs, batch_size, train_size))
+        self.budget = BuildContext(steps_per_epoch, epochs, batch_size, train_size)
+        return build(params, model, self.budget)
 
 
 class Trainer(Protocol):

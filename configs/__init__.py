@@ -1,0 +1,1 @@
+"""Bundled study configs (YAML); `optsearch study NAME.yaml` finds them from any directory."""

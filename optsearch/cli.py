@@ -1,0 +1,84 @@
+"""Command line: commands only, no logic. Bad input -> one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from optsearch.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage errors: one line, exit 2
+        self.exit(2, f"optsearch: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="optsearch", description="Hyperparameter search for optimizer settings.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("study", help="run (or resume) the study a config describes")
+    s.add_argument("config", help="a YAML file, or the name of a bundled config (see `optsearch configs`)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set study.n_trials=64 (repeatable)")
+    s.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else one per two cores)")
+    s.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    s.add_argument("--dry-run", action="store_true", help="validate the config and print it; run nothing")
+
+    e = sub.add_parser("export", help="print a trial's optimizer and schedule as PyTorch code")
+    e.add_argument("study", help="study name")
+    e.add_argument("--storage", default="sqlite:///optsearch.db", help="Optuna storage URL (default: %(default)s)")
+    e.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    e.add_argument("--format", choices=["python", "yaml", "json"], default="python")
+
+    sub.add_parser("configs", help="list the bundled configs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "study":
+            return _study(args)
+        if args.command == "export":
+            from optsearch.search.exporting import export_trial
+
+            print(export_trial(_abs_storage(args.storage), args.study, args.trial, args.format))
+            return 0
+        if args.command == "configs":
+            from optsearch.search.config import bundled_dir
+
+            for f in sorted(bundled_dir().glob("*.yaml")):
+                first = next((ln.lstrip("# ").strip() for ln in f.read_text().splitlines() if ln.startswith("#")), "")
+                print(f"{f.name:28} {first}")
+            return 0
+    except ConfigError as err:
+        print(f"optsearch: error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _abs_storage(url: str) -> str:
+    from pathlib import Path
+
+    from optsearch.search.config import _abs_sqlite
+
+    return _abs_sqlite(url, Path.cwd())
+
+
+def _study(args: argparse.Namespace) -> int:
+    from optsearch.search import config
+
+    cfg = config.load(args.config, args.overrides)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers", args.workers, "must be >= 1")
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
+        return 0
+    from optsearch.search.run import print_summary, run_study
+
+    summary = run_study(cfg, workers=args.workers, ray_address=args.ray_address)
+    print_summary(summary)
+    return 130 if summary.get("interrupted") else 0

@@ -1,0 +1,1 @@
+"""The study: config, storage, sampler, pruner, Ray workers, MLflow tracking, reports."""

@@ -1,0 +1,230 @@
+"""The coordinator: the one owner of the Optuna study and of every MLflow write.
+
+Workers call ``ask`` for work, ``report`` after each epoch (the answer says whether to
+prune), and ``finish`` at the end. Running as a single-threaded Ray actor, it serialises
+every storage write: SQLite sees one writer, and no tracking URI travels to workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from optsearch.search import report as reports
+from optsearch.search import study as studies
+from optsearch.search.config import Config
+
+STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
+@dataclass
+class Running:
+    trial: optuna.Trial
+    worker: int
+    params: dict
+    started: float = field(default_factory=time.time)
+    last: dict = field(default_factory=dict)
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    return (study_seed * 1_000_003 + number) % 2**31
+
+
+def quiet_libraries() -> None:
+    """Optuna's per-trial INFO lines and experimental warnings would drown the progress bar."""
+    import logging
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, run_name: str | None = None, tracker: Any = "auto"):
+        quiet_libraries()
+        self.cfg = cfg
+        self.metric = cfg.study.metric
+        self.study = studies.open_study(cfg.study)
+        self.abandoned = studies.abandon_stale(self.study)
+        self.finished_before = studies.finished_count(self.study)
+        self.budget = max(0, cfg.study.n_trials - self.finished_before)
+        self.issued = 0
+        self.running: dict[int, Running] = {}
+        self.done = {"complete": 0, "pruned": 0, "failed": 0}
+        self.errors: list[str] = []
+        self.stopping = False
+        self.best_value: float | None = None
+        best = reports.best_trial(self.study)
+        if best is not None:
+            self.best_value = best.value
+        if tracker == "auto":
+            tracker = None
+            if cfg.tracking.enabled:
+                from optsearch.search.tracking import Tracker
+
+                tracker = Tracker(
+                    cfg.tracking.uri, cfg.experiment,
+                    run_name or f"{cfg.study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                    {"optsearch.study": cfg.study.name, "optsearch.storage": cfg.study.storage,
+                     "optsearch.role": "study", "optsearch.config": cfg.path},
+                    yaml.safe_dump(cfg.raw, sort_keys=False),
+                )
+        self.tracker = tracker
+
+    # --- the worker protocol -------------------------------------------------------------
+    def ask(self, worker: int) -> dict | None:
+        """The next trial's job, or None when the budget is spent or the study is stopping."""
+        while not self.stopping and self.issued < self.budget:
+            self.issued += 1
+            trial = self.study.ask()
+            try:
+                params = self.cfg.space.sample(trial)
+            except Exception as err:  # a sampled point the builders reject: record, go on
+                self._tell(trial.number, "failed", None, {}, error=f"{type(err).__name__}: {err}")
+                continue
+            trial.set_user_attr("params", params)
+            self.running[trial.number] = Running(trial, worker, params)
+            if self.tracker:
+                self.tracker.trial_started(trial.number, params, {"optsearch.trial_number": str(trial.number),
+                                                                   "optsearch.state": "running"})
+            return {"number": trial.number, "params": params,
+                    "seed": trial_seed(self.cfg.study.seed, trial.number)}
+        return None
+
+    def report(self, number: int, step: int, metrics: dict[str, float]) -> bool:
+        """Record one epoch's metrics; True means: prune this trial now."""
+        run = self.running[number]
+        if self.metric not in metrics:
+            raise KeyError(f"reported metrics {sorted(metrics)} lack the study metric {self.metric!r}")
+        run.last = metrics
+        run.trial.report(metrics[self.metric], step)
+        if self.tracker:
+            self.tracker.trial_metrics(number, step, metrics)
+        return self.stopping or run.trial.should_prune()
+
+    def finish(self, number: int, state: str, metrics: dict[str, float] | None = None,
+               budget: dict | None = None, error: str | None = None) -> None:
+        """A trial ended: ``state`` is complete, pruned or failed."""
+        value = None
+        metrics = metrics or {}
+        if state == "complete":
+            value = metrics.get(self.metric)
+            if value is None or value != value:  # missing or NaN
+                state, error = "failed", error or f"final metrics lack a finite {self.metric!r}: {metrics}"
+        if budget is not None:
+            self.running[number].trial.set_user_attr("build", budget)
+        self._tell(number, state, value, metrics, error=error, budget=budget)
+
+    def worker_lost(self, worker: int, reason: str) -> None:
+        """A worker died (its process crashed): its trial fails, the study goes on."""
+        for number, run in list(self.running.items()):
+            if run.worker == worker:
+                self._tell(number, "failed", None, run.last, error=f"worker lost: {reason}")
+
+    def stop(self) -> None:
+        """Hand out no more trials; running ones are pruned at their next report."""
+        self.stopping = True
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def _tell(self, number: int, state: str, value: float | None, metrics: dict, *,
+              error: str | None = None, budget: dict | None = None) -> None:
+        run = self.running.pop(number, None)
+        trial_obj = run.trial if run else number
+        if error:
+            self.errors.append(f"trial {number}: {error}")
+            (run.trial if run else optuna.Trial(self.study, self._trial_id(number))).set_user_attr("error", error[:2000])
+        for k, v in metrics.items():
+            if k != self.metric and run is not None:
+                run.trial.set_user_attr(f"final_{k}", v)
+        self.study.tell(trial_obj, value if state == "complete" else None, state=STATE[state])
+        self.done[state] += 1
+        if state == "complete" and value is not None:
+            better = self.best_value is None or (
+                value > self.best_value if self.cfg.study.direction == "maximize" else value < self.best_value
+            )
+            if better:
+                self.best_value = value
+        if self.tracker:
+            curves = {}
+            if budget is not None and run is not None:
+                try:
+                    curves = reports.trajectory(run.params, budget)
+                except Exception as err:  # the plot is a nicety; never fail a trial on it
+                    self.errors.append(f"trial {number}: lr trajectory: {err}")
+            tags = {"optsearch.trial_number": str(number), "optsearch.state": state}
+            if error:
+                tags["optsearch.error"] = error[:5000]
+            self.tracker.trial_finished(number, state, value, tags, curves)
+
+    def _trial_id(self, number: int) -> int:
+        return self.study.get_trials(deepcopy=False)[number]._trial_id
+
+    # --- views ---------------------------------------------------------------------------
+    def progress(self) -> dict:
+        return {
+            "total": self.cfg.study.n_trials,
+            "before": self.finished_before,
+            "budget": self.budget,
+            **self.done,
+            "running": len(self.running),
+            "best": self.best_value,
+            "stopping": self.stopping,
+        }
+
+    def close(self, interrupted: bool = False) -> dict:
+        """Fail what is still running, log the best trial on the parent run, and summarise."""
+        for number, run in list(self.running.items()):
+            self._tell(number, "failed", None, run.last, error="interrupted")
+        best = reports.best_trial(self.study)
+        summary: dict[str, Any] = {
+            "study": self.cfg.study.name,
+            "storage": self.cfg.study.storage,
+            "counts": reports.counts(self.study),
+            "this_run": dict(self.done),
+            "abandoned": self.abandoned,
+            "errors": self.errors[-20:],
+            "best": None,
+        }
+        if best is not None:
+            summary["best"] = {"number": best.number, "value": best.value,
+                               "params": best.user_attrs.get("params", best.params)}
+        if self.tracker:
+            if best is not None:
+                self._log_best(best)
+            info = self.tracker.close("KILLED" if interrupted else "FINISHED")
+            summary["tracking"] = {**info, "uri": self.cfg.tracking.uri}
+        return summary
+
+    def _log_best(self, best: optuna.trial.FrozenTrial) -> None:
+        params = best.user_attrs.get("params", best.params)
+        budget = best.user_attrs.get("build")
+        texts: dict[str, str] = {"best_params.yaml": yaml.safe_dump(
+            {"trial": best.number, "value": best.value, "params": params, "build": budget}, sort_keys=False)}
+        curves: dict[str, list] = {}
+        figures: dict[str, Any] = {}
+        if budget:
+            try:
+                from optsearch.spaces.export import to_python
+
+                texts["best_optimizer.py"] = to_python(params, budget, header=f"study {self.cfg.study.name}, trial {best.number}")
+            except Exception as err:
+                self.errors.append(f"export of trial {best.number}: {err}")
+            try:
+                traj = reports.trajectory(params, budget)
+                curves = {f"best_{k}": v for k, v in traj.items()}
+                fig = reports.schedule_figure(traj, f"best trial {best.number}: lr schedule")
+                if fig is not None:
+                    figures["best_schedule.png"] = fig
+            except Exception as err:
+                self.errors.append(f"schedule of trial {best.number}: {err}")
+        self.tracker.study_summary(
+            {"best_value": best.value}, {"best": params},
+            {"optsearch.best_trial": str(best.number)}, texts, curves, figures,
+        )

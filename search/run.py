@@ -1,0 +1,130 @@
+"""The driver: start Ray, the coordinator and the workers, show progress, summarise."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import ray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from optsearch.search.config import Config
+from optsearch.search.coordinator import Coordinator
+from optsearch.search.workers import Placement, TrialWorker, plan
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join ``address``, or start a local Ray. Returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
+    kwargs: dict[str, Any] = {
+        "address": address,
+        "include_dashboard": False,
+        "logging_level": "ERROR",
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": env},  # so `trainer: {target: mymodule:fit}` imports from the cwd
+    }
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+    return True
+
+
+def _progress_line(p: dict) -> str:
+    best = "-" if p["best"] is None else f"{p['best']:.4f}"
+    return (f"[green]done {p['complete']}[/] [yellow]pruned {p['pruned']}[/] [red]failed {p['failed']}[/] "
+            f"[cyan]running {p['running']}[/]  best {best}")
+
+
+def run_study(cfg: Config, workers: int | None = None, ray_address: str | None = None,
+              console: Console | None = None, poll: float = 0.25) -> dict:
+    console = console or Console(stderr=True)
+    started = init_ray(ray_address)
+    try:
+        return _run(cfg, workers, console, poll)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dict:
+    placement: Placement = plan(ray.cluster_resources(), workers or cfg.workers.count, cfg.workers.trials_per_gpu)
+    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1).remote(cfg)
+    progress = ray.get(coord.progress.remote())
+    if progress["budget"] == 0:
+        console.print(f"study {cfg.study.name!r} already has {progress['before']} of {cfg.study.n_trials} trials; "
+                      "raise study.n_trials (--set study.n_trials=N) to run more")
+        return ray.get(coord.close.remote())
+    n = min(placement.count, progress["budget"])
+    console.print(f"study [bold]{cfg.study.name}[/]: {progress['before']} trials stored, running "
+                  f"{progress['budget']} more on {n} {placement.kind} worker(s)")
+    actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
+    actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads)
+              for _ in range(n)]
+    pending = {a.run.remote(coord, i): i for i, a in enumerate(actors)}
+    interrupted = False
+    columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("", total=progress["budget"])
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), timeout=poll)
+                for ref in ready:
+                    worker = pending.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+                        reason = str(err).splitlines()[0][:300]
+                        ray.get(coord.worker_lost.remote(worker, reason))
+                        console.print(f"[red]worker {worker} lost[/]: {reason}")
+                p = ray.get(coord.progress.remote())
+                bar.update(task, completed=p["complete"] + p["pruned"] + p["failed"], description=_progress_line(p))
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("[yellow]interrupted: stopping; finished trials are kept[/]")
+            for a in actors:
+                ray.kill(a)
+    summary = ray.get(coord.close.remote(interrupted))
+    summary["interrupted"] = interrupted
+    summary["workers"] = {"count": n, "kind": placement.kind}
+    return summary
+
+
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    c = summary["counts"]
+    table = Table(title=f"study {summary['study']}", show_header=True)
+    for col in ("trials", "complete", "pruned", "failed", "best value", "best trial"):
+        table.add_column(col, justify="right")
+    best = summary.get("best")
+    table.add_row(str(sum(c.values())), str(c["complete"]), str(c["pruned"]), str(c["failed"]),
+                  "-" if not best else f"{best['value']:.4f}", "-" if not best else str(best["number"]))
+    console.print(table)
+    if best:
+        params = Table(title="best params", show_header=False)
+        params.add_column("key")
+        params.add_column("value")
+        from optsearch.search.tracking import flatten
+
+        for k, v in flatten(best["params"]).items():
+            params.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(params)
+    for e in summary.get("errors") or []:
+        console.print(f"[red]{e.splitlines()[0]}[/]")
+    t = summary.get("tracking")
+    if t and t.get("experiment_id"):
+        from optsearch.search.tracking import ui_link
+
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {t['uri']}", soft_wrap=True)
+        console.print(f"  then open {ui_link(t['experiment_id'])}", soft_wrap=True)
+        for e in t.get("errors") or []:
+            console.print(f"[red]tracking: {e}[/]")
+    console.print(f"best config as code: optsearch export {summary['study']} --storage {summary['storage']}",
+                  soft_wrap=True)
+    sys.stdout.flush()

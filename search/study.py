@@ -1,0 +1,83 @@
+"""Storage, sampler and pruner -> an ``optuna.Study``; the budget is the study's total."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from optsearch.search.config import PrunerConfig, SamplerConfig, StudyConfig
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
+    o = cfg.options
+    if cfg.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=o["seed"], n_startup_trials=o["n_startup_trials"], multivariate=o["multivariate"],
+            group=o["group"] and o["multivariate"], constant_liar=o["constant_liar"],
+        )
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=o["seed"])
+    if cfg.name == "qmc":
+        return optuna.samplers.QMCSampler(seed=o["seed"], qmc_type=o["qmc_type"], scramble=o["scramble"])
+    raise ValueError(cfg.name)
+
+
+def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
+    o = cfg.options
+    if cfg.name == "none":
+        return optuna.pruners.NopPruner()
+    if cfg.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=o["n_startup_trials"], n_warmup_steps=o["n_warmup_steps"], interval_steps=o["interval_steps"]
+        )
+    if cfg.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=o["min_resource"], reduction_factor=o["reduction_factor"],
+            min_early_stopping_rate=o["min_early_stopping_rate"],
+        )
+    if cfg.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=o["min_resource"], max_resource=o["max_resource"], reduction_factor=o["reduction_factor"]
+        )
+    raise ValueError(cfg.name)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:"):
+        # One writer (the coordinator) holds the file; a timeout covers readers like `export`.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
+    return optuna.storages.get_storage(url)
+
+
+def open_study(cfg: StudyConfig) -> optuna.Study:
+    """Create the study, or load it when it exists: re-running a config resumes it."""
+    return optuna.create_study(
+        study_name=cfg.name,
+        storage=make_storage(cfg.storage),
+        sampler=make_sampler(cfg.sampler),
+        pruner=make_pruner(cfg.pruner),
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def abandon_stale(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by an earlier, interrupted invocation: mark them FAIL.
+
+    The coordinator is the study's only writer, so a RUNNING trial at start-up has no owner.
+    """
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    numbers = []
+    for t in stale:
+        if t.state == TrialState.WAITING:
+            continue  # enqueued trials stay queued
+        study._storage.set_trial_user_attr(t._trial_id, "abandoned", True)
+        study.tell(t.number, state=TrialState.FAIL)
+        numbers.append(t.number)
+    return numbers

@@ -1,0 +1,94 @@
+"""Ray actors that run trials: one per GPU (or a fraction of one), CPU actors otherwise.
+
+An actor builds its trainer once, so the data it loads stays resident for every trial it
+runs. It pulls jobs from the coordinator until none is left.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import traceback
+from dataclasses import dataclass
+
+import optuna
+import ray
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How many worker actors, and what each asks Ray for."""
+
+    count: int
+    num_gpus: float
+    num_cpus: float
+    threads: int
+
+    @property
+    def kind(self) -> str:
+        return "gpu" if self.num_gpus else "cpu"
+
+
+def plan(resources: dict, count: int | str = "auto", trials_per_gpu: float = 1) -> Placement:
+    """Workers for a cluster's resources.
+
+    With GPUs: ``trials_per_gpu`` actors per GPU by default, each asking 1/trials_per_gpu GPU.
+    Without: an actor asking ``num_gpus`` would wait forever, so CPU actors, one per two
+    cores by default, the cores shared out among them.
+    """
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1.0, float(resources.get("CPU", 1)))
+    if gpus > 0:
+        n = max(1, math.floor(gpus * trials_per_gpu)) if count == "auto" else int(count)
+        per_gpu = min(1.0, gpus / n)
+        num_cpus = max(0.5, min(1.0, cpus / n))
+        return Placement(n, per_gpu, num_cpus, max(1, int(cpus // n)))
+    n = max(1, int(cpus // 2)) if count == "auto" else int(count)
+    return Placement(n, 0.0, cpus / n, max(1, int(cpus // n)))
+
+
+class TrialWorker:
+    """One Ray actor: a trainer and the loop ask -> fit -> finish."""
+
+    def __init__(self, trainer_name: str | None, trainer_target: str | None, options: dict, threads: int):
+        import torch
+
+        from optsearch.trainers.registry import load_trainer
+
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.trainer = load_trainer(trainer_name, trainer_target, options)
+        self.pid = os.getpid()
+
+    def info(self) -> dict:
+        return {"pid": self.pid, "device": str(self.device)}
+
+    def run(self, coordinator, worker: int) -> int:
+        """Run trials until the coordinator has none left; returns how many ran here."""
+        from optsearch.trainers.base import TrialContext, seed_everything
+
+        ran = 0
+        job = ray.get(coordinator.ask.remote(worker))
+        while job is not None:
+            number = job["number"]
+
+            def reporter(step: int, metrics: dict, number: int = number) -> bool:
+                return ray.get(coordinator.report.remote(number, step, metrics))
+
+            ctx = TrialContext(number, job["seed"], self.device, reporter=reporter)
+            seed_everything(job["seed"])
+            state, metrics, error = "complete", {}, None
+            try:
+                metrics = self.trainer.fit(job["params"], ctx)
+            except optuna.TrialPruned:
+                state = "pruned"
+            except Exception as err:
+                state = "failed"
+                error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
+            budget = None if ctx.budget is None else vars(ctx.budget)
+            clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+            # Calls from one caller run in order: finish is recorded before the next ask.
+            coordinator.finish.remote(number, state, clean, budget, error)
+            ran += 1
+            job = ray.get(coordinator.ask.remote(worker))
+        return ran
