@@ -21,14 +21,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join ``address``, or start a local Ray. Returns True when this call started it."""
     if ray.is_initialized():
         return False
-    env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
-    kwargs: dict[str, Any] = {
-        "address": address,
-        "include_dashboard": False,
-        "logging_level": "ERROR",
-        "log_to_driver": True,
-        "runtime_env": {"env_vars": env},  # so `trainer: {target: mymodule:fit}` imports from the cwd
-    }
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "logging_level": "ERROR"}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
@@ -64,8 +57,8 @@ def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dic
     console.print(f"study [bold]{cfg.study.name}[/]: {progress['before']} trials stored, running "
                   f"{progress['budget']} more on {n} {placement.kind} worker(s)")
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
-    actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads)
-              for _ in range(n)]
+    actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
+                           [os.getcwd()]) for _ in range(n)]
     pending = {a.run.remote(coord, i): i for i, a in enumerate(actors)}
     interrupted = False
     columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),

@@ -50,8 +50,15 @@ def plan(resources: dict, count: int | str = "auto", trials_per_gpu: float = 1) 
 class TrialWorker:
     """One Ray actor: a trainer and the loop ask -> fit -> finish."""
 
-    def __init__(self, trainer_name: str | None, trainer_target: str | None, options: dict, threads: int):
+    def __init__(self, trainer_name: str | None, trainer_target: str | None, options: dict, threads: int,
+                 sys_path: list[str] | None = None):
+        import sys
+
         import torch
+
+        for p in reversed(sys_path or []):  # the driver's cwd: `target: mymodule:fit` imports here too
+            if p not in sys.path:
+                sys.path.insert(0, p)
 
         from optsearch.trainers.registry import load_trainer
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real local Ray, real SQLite stores, the shared CIFAR-10 archive."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the session (2 CPUs, as on CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a fresh directory: default storages (optsearch.db, mlflow.db) land here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def digits_config(tmp_path: Path, **study) -> dict:
+    """A small digits study (seconds), as a config document."""
+    doc = {
+        "study": {"name": "t", "n_trials": 6, "sampler": {"name": "random", "seed": 1},
+                  "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1}, **study},
+        "trainer": {"name": "digits", "epochs": 4, "batch_size": 128},
+        "space": {"optimizer": {"adamw": {"lr": {"low": 1e-5, "high": 1.0, "log": True}}},
+                  "schedule": {"cosine": {"warmup_epochs": 1}}},
+        "workers": {"count": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    }
+    doc["study"]["storage"] = f"sqlite:///{tmp_path}/optsearch.db"
+    return doc
+
+
+def needs_cifar():
+    return pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"CIFAR-10 archive absent: {CIFAR_ARCHIVE}")

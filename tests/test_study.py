@@ -1,0 +1,162 @@
+"""The whole path on a real local Ray, real SQLite Optuna storage and a real MLflow store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from optsearch.search import config
+from optsearch.search.run import run_study
+from optsearch.search.workers import plan
+from tests.conftest import digits_config
+
+
+def load_doc(doc: dict, tmp_path):
+    return config.validate(doc, str(tmp_path / "c.yaml"), tmp_path)
+
+
+def mlflow_runs(tmp_path, experiment="t"):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, trials
+
+
+def test_study_end_to_end_and_resume(ray_cluster, tmp_path):
+    doc = digits_config(tmp_path, n_trials=8)
+    summary = run_study(load_doc(doc, tmp_path))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert len(study.trials) == 8
+    states = {t.state for t in study.trials}
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states  # lr down to 1e-5 gets pruned
+    assert summary["counts"]["complete"] + summary["counts"]["pruned"] == 8
+    for t in study.trials:
+        assert t.user_attrs["params"]["optimizer"]["name"] == "adamw"
+        assert t.user_attrs["build"]["epochs"] == 4
+    assert summary["best"]["value"] == study.best_value
+
+    client, parents, trials = mlflow_runs(tmp_path)
+    assert len(parents) == 1 and len(trials) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    by_number = {int(r.data.tags["optsearch.trial_number"]): r for r in trials}
+    assert sorted(by_number) == list(range(8))
+    for t in study.trials:
+        run = by_number[t.number]
+        assert run.data.tags["optsearch.state"] == t.state.name.lower().replace("fail", "failed")
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == sorted(t.intermediate_values)  # per-epoch, with step
+        assert run.data.params["optimizer.lr"] == str(t.user_attrs["params"]["optimizer"]["lr"])
+    parent = parents[0]
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.params["best.optimizer.lr"] == str(study.best_trial.user_attrs["params"]["optimizer"]["lr"])
+    artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "best_params.yaml", "best_schedule.png"} <= artifacts
+
+    # Resume: same config with a larger total grows the same study, none lost or duplicated.
+    doc["study"]["n_trials"] = 11
+    summary = run_study(load_doc(doc, tmp_path))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert sorted(t.number for t in study.trials) == list(range(11))
+    assert summary["this_run"]["complete"] + summary["this_run"]["pruned"] == 3
+    _, parents, trials = mlflow_runs(tmp_path)
+    assert len(parents) == 2 and len(trials) == 11
+
+    # Already at its total: nothing runs, nothing is added.
+    summary = run_study(load_doc(doc, tmp_path))
+    assert sum(summary["this_run"].values()) == 0
+    assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db").trials) == 11
+
+
+USER_TRAINER = '''
+import optuna
+
+def fit(params, ctx):
+    lr = params["optimizer"]["lr"]
+    if lr > 0.1:
+        raise RuntimeError("diverged")
+    for epoch in range(3):
+        ctx.report(epoch + 1, {"val_acc": lr * (epoch + 1)})
+    return {"val_acc": lr * 3, "test_acc": 0.5}
+'''
+
+
+def test_user_trainer_failures_are_recorded_and_study_goes_on(ray_cluster, tmp_path, monkeypatch):
+    (tmp_path / "my_trainer_mod.py").write_text(USER_TRAINER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # workers import the target from the driver's working directory
+    doc = digits_config(tmp_path, n_trials=6, pruner={"name": "none"})
+    doc["trainer"] = {"target": "my_trainer_mod:fit"}
+    doc["space"]["optimizer"]["adamw"]["lr"] = {"choices": [0.01, 0.5]}
+    summary = run_study(load_doc(doc, tmp_path))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert len(study.trials) == 6
+    for t in study.trials:
+        if t.params["adamw.lr"] == 0.5:
+            assert t.state == TrialState.FAIL and "diverged" in t.user_attrs["error"]
+        else:
+            assert t.state == TrialState.COMPLETE and t.value == pytest.approx(0.03)
+    assert summary["counts"]["failed"] == sum(t.params["adamw.lr"] == 0.5 for t in study.trials)
+    _, _, trials = mlflow_runs(tmp_path)
+    failed = [r for r in trials if r.data.tags["optsearch.state"] == "failed"]
+    assert all(r.info.status == "FAILED" and "diverged" in r.data.tags["optsearch.error"] for r in failed)
+
+
+def test_stale_running_trials_from_a_crash_are_failed_not_lost(ray_cluster, tmp_path):
+    doc = digits_config(tmp_path, n_trials=3)
+    storage = f"sqlite:///{tmp_path}/optsearch.db"
+    study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
+    study.ask()  # a trial an interrupted run left RUNNING
+    summary = run_study(load_doc(doc, tmp_path))
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert summary["abandoned"] == [0]
+    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["abandoned"]
+    assert len(study.trials) == 3 and all(t.state != TrialState.RUNNING for t in study.trials)
+
+
+def test_plan_falls_back_to_cpu_actors_without_gpus():
+    assert plan({"CPU": 2.0}) == plan({"CPU": 2.0, "GPU": 0.0})
+    cpu = plan({"CPU": 8.0})
+    assert cpu.count == 4 and cpu.num_gpus == 0 and cpu.kind == "cpu"
+    assert plan({"CPU": 1.0}).count == 1
+    assert plan({"CPU": 2.0}, count=3).num_cpus == pytest.approx(2 / 3)
+    gpu = plan({"CPU": 16.0, "GPU": 2.0})
+    assert gpu.count == 2 and gpu.num_gpus == 1.0
+    shared = plan({"CPU": 16.0, "GPU": 1.0}, trials_per_gpu=4)
+    assert shared.count == 4 and shared.num_gpus == 0.25
+
+
+def test_cpu_actors_start_on_a_gpu_less_cluster(ray_cluster):
+    import ray
+
+    from optsearch.search.workers import TrialWorker
+
+    p = plan(ray.cluster_resources())
+    assert p.num_gpus == 0
+    actor = ray.remote(TrialWorker).options(num_cpus=p.num_cpus, num_gpus=p.num_gpus).remote("digits", None, {}, 1)
+    info = ray.get(actor.info.remote(), timeout=60)  # a num_gpus=1 actor would hang here
+    assert info["device"] == "cpu"
+    ray.kill(actor)
+
+
+@pytest.mark.slow
+def test_quickstart_cli_acceptance(tmp_path):
+    """The README's main command, as a user runs it: under 2 minutes, pruning visible."""
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "optsearch", "study", "configs/quickstart.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.time() - t0 < 120
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert len(study.trials) == 24
+    _, parents, trials = mlflow_runs(tmp_path, "quickstart")
+    assert len(parents) == 1 and len(trials) == 24
+    assert any(r.data.tags["optsearch.state"] == "pruned" for r in trials)
+    assert "workflowType=machine_learning" in proc.stdout
