@@ -1,15 +1,24 @@
-"""Params -> torch objects, through the recipes the exporter also renders."""
+"""Params -> torch objects, through the recipes the exporter also renders.
+
+Three recipes per trial (``recipes``): the param groups (``param_groups(model, ...)``), the
+optimizer over them (``Ref("params")``), and the scheduler over the optimizer
+(``Ref("optimizer")``). ``build`` instantiates them; ``spaces.export.to_python`` renders the
+very same trees as source.
+"""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from optsearch.errors import ConfigError
 from optsearch.spaces.groups import param_groups
 from optsearch.spaces.optimizers import VARIANTS, effective_weight_decay
-from optsearch.spaces.recipe import Call, instantiate
+from optsearch.spaces.params import check_budget, resolve
+from optsearch.spaces.recipe import Call, Ref, instantiate
 from optsearch.spaces.schedules import SCHEDULES
 
 
@@ -22,6 +31,22 @@ class BuildContext:
     batch_size: int = 1
     train_size: int = 1
 
+    def check(self, key: str = "build") -> "BuildContext":
+        """This context with plain ints (numpy ints accepted); ``ConfigError`` if not >= 1."""
+        values = {}
+        for name in ("steps_per_epoch", "epochs", "batch_size", "train_size"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{key}.{name}", v, "must be an integer >= 1")
+            values[name] = int(v)
+        return BuildContext(**values)
+
+
+class Recipes(NamedTuple):
+    groups: Call  # param_groups(model, ...)
+    optimizer: Call  # over Ref("params")
+    scheduler: Call  # over Ref("optimizer"); Exprs over steps_per_epoch, epochs
+
 
 def group_kwargs(params: dict, ctx: BuildContext) -> dict[str, Any]:
     """Arguments of ``param_groups`` (after the model) for these params."""
@@ -31,6 +56,10 @@ def group_kwargs(params: dict, ctx: BuildContext) -> dict[str, Any]:
         "weight_decay": effective_weight_decay(opt, ctx),
         **params.get("param_groups", {}),
     }
+
+
+def groups_recipe(params: dict, ctx: BuildContext) -> Call:
+    return Call(param_groups, (Ref("model"),), group_kwargs(params, ctx))
 
 
 def optimizer_recipe(params: dict, ctx: BuildContext) -> Call:
@@ -43,17 +72,35 @@ def scheduler_recipe(params: dict, ctx: BuildContext) -> Call:
     return SCHEDULES[sched["name"]].recipe(sched, ctx, params["optimizer"])
 
 
+def recipes(params: dict, ctx: BuildContext, key: str = "params") -> tuple[dict, Recipes]:
+    """Validate ``params`` (``ConfigError`` on bad input) and describe what they build.
+
+    Returns the resolved params (defaults filled in) and the three recipes.
+    """
+    ctx = ctx.check()
+    resolved = resolve(params, key)
+    check_budget(resolved, ctx, key)
+    return resolved, Recipes(
+        groups_recipe(resolved, ctx), optimizer_recipe(resolved, ctx), scheduler_recipe(resolved, ctx)
+    )
+
+
 def build_optimizer(params: dict, model: torch.nn.Module, ctx: BuildContext) -> torch.optim.Optimizer:
-    groups = param_groups(model, **group_kwargs(params, ctx))
-    return instantiate(optimizer_recipe(params, ctx), {"params": groups})
+    _, r = recipes(params, ctx)
+    return instantiate(r.optimizer, {"params": instantiate(r.groups, {"model": model})})
 
 
 def build_scheduler(params: dict, optimizer: torch.optim.Optimizer, ctx: BuildContext):
+    ctx = ctx.check()
+    _, r = recipes(params, ctx)
     env = {"optimizer": optimizer, "steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs}
-    return instantiate(scheduler_recipe(params, ctx), env)
+    return instantiate(r.scheduler, env)
 
 
 def build(params: dict, model: torch.nn.Module, ctx: BuildContext):
     """The optimizer and the per-batch lr scheduler for one trial's params."""
-    optimizer = build_optimizer(params, model, ctx)
-    return optimizer, build_scheduler(params, optimizer, ctx)
+    ctx = ctx.check()
+    _, r = recipes(params, ctx)
+    optimizer = instantiate(r.optimizer, {"params": instantiate(r.groups, {"model": model})})
+    env = {"optimizer": optimizer, "steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs}
+    return optimizer, instantiate(r.scheduler, env)

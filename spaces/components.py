@@ -40,6 +40,17 @@ def positive_int(v: Any) -> str | None:
     return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "must be an integer >= 1"
 
 
+def increasing_fractions(v: Any) -> str | None:
+    """A non-empty list of fractions of training, each in (0, 1), strictly increasing."""
+    ok = (
+        isinstance(v, (list, tuple))
+        and len(v) > 0
+        and all(_num(x) and 0 < x < 1 for x in v)
+        and all(a < b for a, b in zip(v, v[1:]))
+    )
+    return None if ok else "must be a non-empty list of increasing fractions in (0, 1), e.g. [0.5, 0.75]"
+
+
 def one_of(*allowed: Any) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in allowed else f"must be one of {list(allowed)}"
@@ -56,6 +67,9 @@ class Knob:
     default: Any
     check: Callable[[Any], str | None]
     doc: str = ""
+    # A list-valued knob (e.g. step milestones): a YAML list is its constant value, not an
+    # error; it cannot be searched (Optuna's categorical choices must be scalars).
+    is_list: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,8 +78,10 @@ class Component:
     knobs: dict[str, Knob]
     recipe: Callable[..., Any]
     doc: str = ""
-    # Cross-knob checks on resolved values: (values) -> error message or None.
-    consistency: Callable[[dict], str | None] | None = field(default=None)
+    # Cross-knob checks on resolved values: (values) -> (knob, message) or None.
+    consistency: Callable[[dict], tuple[str, str] | None] | None = field(default=None)
+    # Checks that need the training budget: (values, BuildContext) -> (knob, message) or None.
+    budget: Callable[[dict, Any], tuple[str, str] | None] | None = field(default=None)
 
     def defaults(self) -> dict[str, Any]:
         return {k: knob.default for k, knob in self.knobs.items()}

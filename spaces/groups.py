@@ -12,10 +12,17 @@ def param_groups(model, lr, weight_decay, no_decay_bias_norm=True, head_lr_mult=
     - Layers are the model's top-level children that hold parameters, in order; the last
       one is the head. The head's lr is ``lr * head_lr_mult``; a body layer k places before
       the head gets ``lr * layer_decay ** k`` (ULMFiT/BEiT-style layer-wise decay).
-    Groups with equal (lr, weight_decay) are merged; order follows the model.
+    Groups with equal (lr, weight_decay) are merged; order follows the model. Every group
+    carries its own ``weight_decay`` (0 for the no-decay ones), which torch optimizers read
+    per group.
     """
-    layers = [list(child.parameters()) for _, child in model.named_children()]
-    layers = [ps for ps in layers if any(p.requires_grad for p in ps)]
+    seen = set()  # a parameter shared by two children belongs to the first
+    layers = []
+    for _, child in model.named_children():
+        ps = [p for p in child.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in ps)
+        if any(p.requires_grad for p in ps):
+            layers.append(ps)
     in_children = {id(p) for ps in layers for p in ps}
     loose = [p for p in model.parameters() if id(p) not in in_children]
     if loose:  # parameters registered directly on the model join the first body layer

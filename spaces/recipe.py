@@ -15,22 +15,25 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Names an Expr may use; each is bound when the expression is evaluated or exported.
-EXPR_NAMES = ("steps_per_epoch", "epochs")
+# Names an Expr may use; each is bound when the expression is evaluated or exported
+# (``optimizer`` only in scheduler recipes, where it is an argument of build_scheduler).
+EXPR_NAMES = ("steps_per_epoch", "epochs", "optimizer")
 _EXPR_GLOBALS = {"__builtins__": {}, "round": round, "max": max, "min": min, "int": int, "math": math}
 
 
 @dataclass(frozen=True)
 class Expr:
-    """An arithmetic expression over ``steps_per_epoch`` and ``epochs``.
+    """An expression over ``steps_per_epoch``, ``epochs`` (and ``optimizer``).
 
-    Only built by this package from numeric literals (``lit``), never from user strings.
+    Only built by this package from fixed text and numeric literals (``lit``), never
+    from user strings.
     """
 
     src: str
 
     def eval(self, env: dict[str, Any]) -> Any:
-        return eval(self.src, _EXPR_GLOBALS, {k: env[k] for k in EXPR_NAMES})  # noqa: S307
+        names = {k: env[k] for k in EXPR_NAMES if k in env}
+        return eval(self.src, _EXPR_GLOBALS, names)  # noqa: S307
 
 
 def lit(x: Any) -> str:
@@ -62,12 +65,17 @@ class Fn:
 
 @dataclass(frozen=True)
 class Call:
-    target: str  # dotted path: "torch.optim.AdamW"
+    """A call: ``target`` is a dotted path (``"torch.optim.AdamW"``) or a module-level
+    function, which (like ``Fn``) has its source inlined into exported code."""
+
+    target: Any
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
 
 
-def _resolve(path: str):
+def _resolve(path: Any):
+    if callable(path):
+        return path
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -94,18 +102,29 @@ def instantiate(node: Any, env: dict[str, Any]) -> Any:
     return node
 
 
-def render(node: Any, aliases: dict[str, str] | None = None) -> str:
-    """Python source for a recipe. Literals go through ``repr``: no string is spliced raw."""
+def render(node: Any, aliases: dict[str, str] | None = None, indent: int = 0, width: int = 88) -> str:
+    """Python source for a recipe. Literals go through ``repr``: no string is spliced raw.
+
+    A call that does not fit in ``width`` columns (starting ``indent`` columns in) is
+    broken into one argument per line.
+    """
     aliases = aliases or {}
     if isinstance(node, Call):
-        target = node.target
+        target = node.target.__name__ if callable(node.target) else node.target
         for prefix, alias in aliases.items():
             if target.startswith(prefix + "."):
                 target = alias + target[len(prefix):]
                 break
-        parts = [render(a, aliases) for a in node.args]
-        parts += [f"{k}={render(v, aliases)}" for k, v in node.kwargs.items()]
-        return f"{target}({', '.join(parts)})"
+        flat = [render(a, aliases, width=10**9) for a in node.args]
+        flat += [f"{k}={render(v, aliases, width=10**9)}" for k, v in node.kwargs.items()]
+        one_line = f"{target}({', '.join(flat)})"
+        if indent + len(one_line) <= width:
+            return one_line
+        inner = indent + 4
+        parts = [render(a, aliases, inner, width) for a in node.args]
+        parts += [f"{k}={render(v, aliases, inner, width)}" for k, v in node.kwargs.items()]
+        pad = " " * inner
+        return f"{target}(\n" + "".join(f"{pad}{p},\n" for p in parts) + " " * indent + ")"
     if isinstance(node, Expr):
         return node.src
     if isinstance(node, Ref):
@@ -113,18 +132,24 @@ def render(node: Any, aliases: dict[str, str] | None = None) -> str:
     if isinstance(node, Fn):
         if not node.kwargs:
             return node.func.__name__
-        kw = ", ".join(f"{k}={render(v, aliases)}" for k, v in node.kwargs.items())
+        kw = ", ".join(f"{k}={render(v, aliases, width=10**9)}" for k, v in node.kwargs.items())
         return f"functools.partial({node.func.__name__}, {kw})"
     if isinstance(node, list):
-        return "[" + ", ".join(render(v, aliases) for v in node) + "]"
+        one_line = "[" + ", ".join(render(v, aliases, width=10**9) for v in node) + "]"
+        if indent + len(one_line) <= width or len(node) < 2:
+            return one_line
+        inner = indent + 4
+        return "[\n" + "".join(f"{' ' * inner}{render(v, aliases, inner, width)},\n" for v in node) + " " * indent + "]"
     if isinstance(node, tuple):
-        inner = ", ".join(render(v, aliases) for v in node)
+        inner = ", ".join(render(v, aliases, width=10**9) for v in node)
         return f"({inner},)" if len(node) == 1 else f"({inner})"
     if isinstance(node, dict):
-        return "{" + ", ".join(f"{k!r}: {render(v, aliases)}" for k, v in node.items()) + "}"
+        return "{" + ", ".join(f"{k!r}: {render(v, aliases, width=10**9)}" for k, v in node.items()) + "}"
     if isinstance(node, float) and not math.isfinite(node):
         return f"float({str(node)!r})"
-    return repr(node)
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return repr(node)
+    raise TypeError(f"cannot render {type(node).__name__} as source: {node!r}")
 
 
 def functions(node: Any) -> list:
@@ -138,6 +163,8 @@ def functions(node: Any) -> list:
             for v in n.kwargs.values():
                 walk(v)
         elif isinstance(n, Call):
+            if callable(n.target) and n.target not in found:
+                found.append(n.target)
             for a in n.args:
                 walk(a)
             for v in n.kwargs.values():

@@ -2,14 +2,44 @@
 
 Lengths in the config are in epochs (floats allowed); recipes turn them into step counts
 with ``Expr`` so exported code recomputes them from its own ``steps_per_epoch``/``epochs``.
+``T`` below is the run's length in optimizer steps, ``epochs * steps_per_epoch``; the lr
+used by step k (0-based) is what the scheduler holds after k calls to ``step()``.
+
+- ``constant``: ``ConstantLR(factor=1)``; optional linear warmup.
+- ``step``: ``MultiStepLR``: lr * gamma**i after the i-th milestone; milestones are
+  fractions of T (step ``round(f * T)``); optional linear warmup.
+- ``cosine``: ``CosineAnnealingLR`` from lr to ``eta_min`` over T (minus the warmup);
+  optional linear warmup (``LinearLR`` then the main schedule, via ``SequentialLR``).
+- ``sgdr``: ``CosineAnnealingWarmRestarts`` (Loshchilov & Hutter): restarts after
+  ``T_0`` epochs, then ``T_0 * T_mult``, ...; restarts at T_0, T_0 (1 + T_mult), ...
+- ``onecycle``: ``OneCycleLR`` (Smith): max_lr is each group's lr (so head and layer-wise
+  multipliers carry over), starting at max_lr / div_factor, peaking at step
+  ``pct_start * T - 1``, ending at max_lr / (div_factor * final_div_factor); with
+  ``cycle_momentum`` the optimizer's momentum (SGD) or beta1 (Adam family) runs from
+  ``max_momentum`` down to ``base_momentum`` at the peak and back: it replaces the
+  optimizer's own momentum/beta1 knob.
+- ``noam``: ``LambdaLR(noam_lambda)`` (Vaswani et al.): linear warmup to lr over
+  ``warmup_epochs``, then lr * sqrt(warmup / s) (inverse square root), s = step + 1.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from optsearch.spaces.components import Component, Knob, nonneg
-from optsearch.spaces.recipe import Call, Expr, Ref, lit
+from optsearch.spaces.components import (
+    Component,
+    Knob,
+    boolean,
+    increasing_fractions,
+    nonneg,
+    one_of,
+    positive,
+    positive_int,
+    unit_left_open,
+    unit_open,
+)
+from optsearch.spaces.recipe import Call, Expr, Fn, Ref, lit
 
 SCHED = "torch.optim.lr_scheduler"
 TOTAL = "epochs * steps_per_epoch"
@@ -18,6 +48,22 @@ TOTAL = "epochs * steps_per_epoch"
 def steps(epochs: float) -> str:
     """Source for a step count of ``epochs`` epochs, at least 1."""
     return f"max(1, round({lit(epochs)} * steps_per_epoch))"
+
+
+def n_steps(epochs: float, ctx: Any) -> int:
+    """The value of ``steps(epochs)`` for a budget."""
+    return Expr(steps(epochs)).eval({"steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs})
+
+
+def noam_lambda(step, warmup_steps):
+    """Noam lr multiplier (Vaswani et al. 2017), normalised to peak at 1.
+
+    With s = step + 1: s / warmup_steps while warming up, then sqrt(warmup_steps / s).
+    The original d_model**-0.5 * min(s**-0.5, s * warmup**-1.5) is this times
+    (d_model * warmup_steps)**-0.5; here the optimizer's lr is the peak lr.
+    """
+    s = step + 1
+    return min(s / warmup_steps, math.sqrt(warmup_steps / s))
 
 
 def _start_factor(v: Any) -> str | None:
@@ -42,10 +88,90 @@ def _constant(p: dict, ctx: Any, opt: dict) -> Call:
     return with_warmup(main, p)
 
 
+def _step(p: dict, ctx: Any, opt: dict) -> Call:
+    # Inside SequentialLR the main schedule counts from the end of the warmup.
+    shift = f" - {steps(p['warmup_epochs'])}" if p["warmup_epochs"] else ""
+    milestones = [Expr(f"round({lit(f)} * {TOTAL}){shift}") for f in p["milestones"]]
+    main = Call(f"{SCHED}.MultiStepLR", (Ref("optimizer"),), {"milestones": milestones, "gamma": p["gamma"]})
+    return with_warmup(main, p)
+
+
 def _cosine(p: dict, ctx: Any, opt: dict) -> Call:
     t_max = TOTAL if not p["warmup_epochs"] else f"max(1, {TOTAL} - {steps(p['warmup_epochs'])})"
     main = Call(f"{SCHED}.CosineAnnealingLR", (Ref("optimizer"),), {"T_max": Expr(t_max), "eta_min": p["eta_min"]})
     return with_warmup(main, p)
+
+
+def _sgdr(p: dict, ctx: Any, opt: dict) -> Call:
+    return Call(
+        f"{SCHED}.CosineAnnealingWarmRestarts",
+        (Ref("optimizer"),),
+        {"T_0": Expr(steps(p["T_0"])), "T_mult": p["T_mult"], "eta_min": p["eta_min"]},
+    )
+
+
+def _onecycle(p: dict, ctx: Any, opt: dict) -> Call:
+    return Call(
+        f"{SCHED}.OneCycleLR",
+        (Ref("optimizer"),),
+        {
+            # Each group's lr (the lr knob times its head / layer multiplier) is its peak.
+            "max_lr": Expr('[group["lr"] for group in optimizer.param_groups]'),
+            "total_steps": Expr(TOTAL),
+            "pct_start": float(p["pct_start"]),
+            "anneal_strategy": p["anneal_strategy"],
+            "cycle_momentum": p["cycle_momentum"],
+            "base_momentum": p["base_momentum"],
+            "max_momentum": p["max_momentum"],
+            "div_factor": p["div_factor"],
+            "final_div_factor": p["final_div_factor"],
+            "three_phase": p["three_phase"],
+        },
+    )
+
+
+def _noam(p: dict, ctx: Any, opt: dict) -> Call:
+    return Call(
+        f"{SCHED}.LambdaLR",
+        (Ref("optimizer"),),
+        {"lr_lambda": Fn(noam_lambda, {"warmup_steps": Expr(steps(p["warmup_epochs"]))})},
+    )
+
+
+# ---- checks that need the budget --------------------------------------------------------
+
+
+def _warmup_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
+    if p.get("warmup_epochs") and n_steps(p["warmup_epochs"], ctx) >= ctx.epochs * ctx.steps_per_epoch:
+        return "warmup_epochs", f"the warmup must end before the run does ({ctx.epochs} epochs)"
+    return None
+
+
+def _step_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
+    total = ctx.epochs * ctx.steps_per_epoch
+    warm = n_steps(p["warmup_epochs"], ctx) if p["warmup_epochs"] else 0
+    at = [round(f * total) for f in p["milestones"]]
+    if at[0] <= warm:
+        return "milestones", f"the first milestone (step {at[0]}) must come after the warmup ({warm} steps)"
+    if len(set(at)) < len(at):
+        return "milestones", f"milestones fall on the same step ({at}) for a run of {total} steps"
+    return _warmup_budget(p, ctx)
+
+
+def _onecycle_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
+    total = ctx.epochs * ctx.steps_per_epoch
+    # torch's phases end at pct_start * T - 1 (and 2 pct_start T - 2): each must be > 0
+    if float(p["pct_start"]) * total - 1 <= 0 or (p["three_phase"] and 2 * float(p["pct_start"]) * total - 2 >= total - 1):
+        return "pct_start", f"leaves an empty phase in a run of {total} steps"
+    return None
+
+
+def _onecycle_consistency(v: dict) -> tuple[str, str] | None:
+    if v["base_momentum"] > v["max_momentum"]:
+        return "base_momentum", "base_momentum must be <= max_momentum"
+    if v["three_phase"] and v["pct_start"] >= 0.5:
+        return "pct_start", "three_phase needs pct_start < 0.5 (the first two phases take 2 * pct_start)"
+    return None
 
 
 _WARMUP = {
@@ -54,12 +180,60 @@ _WARMUP = {
 }
 
 SCHEDULES: dict[str, Component] = {
-    "constant": Component("constant", {**_WARMUP}, _constant, "constant lr, optional linear warmup"),
+    "constant": Component(
+        "constant", {**_WARMUP}, _constant, "constant lr, optional linear warmup", budget=_warmup_budget
+    ),
+    "step": Component(
+        "step",
+        {
+            "milestones": Knob([0.5, 0.75], increasing_fractions, "fractions of training where lr *= gamma",
+                               is_list=True),
+            "gamma": Knob(0.1, unit_open, "decay factor at each milestone"),
+            **_WARMUP,
+        },
+        _step,
+        "step decay by gamma at fractions of training (MultiStepLR), optional linear warmup",
+        budget=_step_budget,
+    ),
     "cosine": Component(
         "cosine",
         {**_WARMUP, "eta_min": Knob(0.0, nonneg, "final lr (absolute)")},
         _cosine,
         "cosine annealing to eta_min over the whole run, optional linear warmup",
+        budget=_warmup_budget,
+    ),
+    "sgdr": Component(
+        "sgdr",
+        {
+            "T_0": Knob(1.0, positive, "first cycle length in epochs (T_0 * steps_per_epoch steps, at least 1)"),
+            "T_mult": Knob(2, positive_int, "each cycle is T_mult times longer than the last"),
+            "eta_min": Knob(0.0, nonneg, "lr at the end of each cycle (absolute)"),
+        },
+        _sgdr,
+        "cosine annealing with warm restarts (CosineAnnealingWarmRestarts), stepped per batch",
+    ),
+    "onecycle": Component(
+        "onecycle",
+        {
+            "pct_start": Knob(0.3, unit_open, "fraction of the run spent raising the lr"),
+            "div_factor": Knob(25.0, positive, "initial lr = max_lr / div_factor (max_lr: the optimizer's lr)"),
+            "final_div_factor": Knob(1e4, positive, "final lr = initial lr / final_div_factor"),
+            "anneal_strategy": Knob("cos", one_of("cos", "linear")),
+            "three_phase": Knob(False, boolean, "Smith's original: up, symmetric down, then annihilate"),
+            "cycle_momentum": Knob(True, boolean, "cycle momentum (SGD) / beta1 (Adam family) inversely to lr"),
+            "base_momentum": Knob(0.85, unit_left_open, "momentum / beta1 at the lr peak"),
+            "max_momentum": Knob(0.95, unit_left_open, "momentum / beta1 at the start and the end"),
+        },
+        _onecycle,
+        "one-cycle policy (OneCycleLR), peak lr = the optimizer's lr per param group",
+        consistency=_onecycle_consistency,
+        budget=_onecycle_budget,
+    ),
+    "noam": Component(
+        "noam",
+        {"warmup_epochs": Knob(1.0, positive, "linear warmup to the peak (the optimizer's lr), in epochs")},
+        _noam,
+        "linear warmup then inverse square root decay (LambdaLR)",
+        budget=_warmup_budget,
     ),
 }
-

@@ -3,17 +3,26 @@
 YAML form (every knob is a constant or a distribution; see ``distributions``)::
 
     optimizer:                 # one variant, a list of variants, or variant -> knob specs
-      adamw: {lr: {low: 1e-4, high: 1e-2, log: true}, beta2: {one_minus: {low: 1e-3, high: 0.1, log: true}}}
-      sgd:   {lr: {low: 1e-2, high: 1, log: true}, nesterov: true}
-    schedule: {cosine: {warmup_epochs: 1}}
+      adamw: {lr: {low: 1.0e-4, high: 1.0e-2, log: true}, beta2: {one_minus: {low: 1.0e-3, high: 0.1, log: true}}}
+      sgd:   {lr: {low: 1.0e-2, high: 1.0, log: true}, nesterov: true}
+    schedule: {cosine: {warmup_epochs: 1}, sgdr: {T_0: 2, T_mult: {choices: [1, 2]}}}
     param_groups: {no_decay_bias_norm: true}
 
+(PyYAML reads ``1e-4`` as a string: write ``1.0e-4``.)
+
 Several variants (or schedules) make a categorical; each one's knobs are sampled only when
-it is chosen, under its own name (``adamw.lr``, ``sgd.lr``), so each keeps its own range.
+it is chosen, under its own name (``adamw.lr``, ``sgd.lr``, ``sgdr.T_mult``), so each keeps
+its own range, and a knob exists only under the variant or schedule that owns it: ``T_mult``
+under ``cosine`` is an error naming its owner (``sgdr``). A list-valued knob (``step``'s
+``milestones``) takes a YAML list as its one value. Cross-knob rules (Nesterov needs
+momentum > 0, base_momentum <= max_momentum, ...) are checked on every combination of the
+searched knobs' extreme values, so a space that could sample a broken combination is
+rejected when it is loaded.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +30,16 @@ import optuna
 
 from optsearch.errors import ConfigError
 from optsearch.spaces import distributions
-from optsearch.spaces.components import Component, Knob, boolean, positive, unit_closed
+from optsearch.spaces.components import Component, Knob
 from optsearch.spaces.optimizers import VARIANTS
+from optsearch.spaces.params import GROUP_KNOBS
 from optsearch.spaces.schedules import SCHEDULES
 
-GROUP_KNOBS: dict[str, Knob] = {
-    "no_decay_bias_norm": Knob(True, boolean, "no weight decay on biases and norm parameters"),
-    "head_lr_mult": Knob(1.0, positive, "lr multiplier of the model's last layer (its head)"),
-    "layer_decay": Knob(1.0, unit_closed, "lr multiplier per layer below the head"),
-}
+__all__ = ["GROUP_KNOBS", "Section", "Space"]
+
+# Cross-knob checks try every combination of the knobs' extreme values (range ends, all
+# choices) up to this many; the checks here are monotone, so the ends decide.
+_MAX_COMBINATIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -42,12 +52,21 @@ class Section:
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         names = list(self.options)
         name = names[0] if len(names) == 1 else trial.suggest_categorical(self.key, names)
-        values = {k: d.sample(trial, f"{name}.{k}") for k, d in self.options[name].items()}
+        values = {k: _copy(d.sample(trial, f"{name}.{k}")) for k, d in self.options[name].items()}
         return {"name": name, **values}
 
 
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
 def _check_knob(key: str, spec: Any, knob: Knob) -> distributions.Distribution:
-    dist = distributions.parse(key, spec)
+    if knob.is_list and isinstance(spec, (list, tuple)):
+        dist = distributions.Constant(list(spec))  # a list knob's value, not searchable
+    elif knob.is_list and isinstance(spec, dict) and "choices" in spec:
+        raise ConfigError(key, spec, "a list-valued knob cannot be searched; give one list")
+    else:
+        dist = distributions.parse(key, spec)
     for value in dist.values():
         message = knob.check(value)
         if message:
@@ -85,12 +104,29 @@ def _parse_section(key: str, spec: Any, registry: dict[str, Component]) -> Secti
                 raise ConfigError(kkey, value, f"not a knob of {key} '{name}'; {hint}")
             parsed[knob] = _check_knob(kkey, value, comp.knobs[knob])
         full = {k: parsed.get(k, distributions.Constant(knob.default)) for k, knob in comp.knobs.items()}
-        if comp.consistency and all(isinstance(d, distributions.Constant) for d in full.values()):
-            message = comp.consistency({k: d.value for k, d in full.items()})
-            if message:
-                raise ConfigError(f"{key}.{name}", knobs, message)
+        if comp.consistency:
+            _check_consistency(f"{key}.{name}", comp, full)
         options[name] = full
     return Section(key, options)
+
+
+def _check_consistency(key: str, comp: Component, full: dict[str, distributions.Distribution]) -> None:
+    """Reject a space where some sampled combination would break a cross-knob rule."""
+    names = list(full)
+    choices = [full[k].values() for k in names]
+    count = 1
+    for c in choices:
+        count *= len(c)
+    if count > _MAX_COMBINATIONS:
+        return  # too many to try; Space.sample still checks each trial
+    for combo in itertools.product(*choices):
+        values = dict(zip(names, combo))
+        found = comp.consistency(values)
+        if found:
+            knob, message = found
+            searched = sorted(k for k in names if not isinstance(full[k], distributions.Constant))
+            where = f" (some values of the searched knobs {searched} break it)" if searched else ""
+            raise ConfigError(f"{key}.{knob}", values[knob], message + where)
 
 
 @dataclass(frozen=True)
@@ -134,9 +170,9 @@ class Space:
             "schedule": self.schedule.sample(trial),
             "param_groups": {k: d.sample(trial, f"param_groups.{k}") for k, d in self.groups.items()},
         }
-        comp = VARIANTS[params["optimizer"]["name"]]
-        if comp.consistency:
-            message = comp.consistency(params["optimizer"])
-            if message:
-                raise ValueError(f"sampled optimizer params are inconsistent: {message}")
+        for section, registry in (("optimizer", VARIANTS), ("schedule", SCHEDULES)):
+            comp = registry[params[section]["name"]]
+            found = comp.consistency(params[section]) if comp.consistency else None
+            if found:
+                raise ValueError(f"sampled {section} params are inconsistent: {found[1]}")
         return params

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 from optsearch.errors import ConfigError
@@ -20,6 +22,8 @@ def _import(target: str, key: str) -> Any:
     module, sep, attr = target.partition(":")
     if not sep or not module or not attr:
         raise ConfigError(key, target, "must look like 'package.module:function'")
+    if os.getcwd() not in sys.path:  # user trainers import from the working directory, as scripts do
+        sys.path.insert(0, os.getcwd())
     try:
         mod = importlib.import_module(module)
     except ImportError as err:

@@ -1,0 +1,124 @@
+"""One trial's params as a self-contained Python module (needs torch, math, functools only).
+
+The module is rendered from the same recipes ``build`` instantiates (``build.recipes``), with
+the source of ``groups.param_groups`` and of every function a recipe references
+(``noam_lambda``, ``hold_weight_decay``) copied in by ``inspect.getsource``. Every value is
+written by ``repr`` (through ``recipe.render``); header text becomes comment lines with
+line breaks and other unprintable characters escaped, after two fixed first lines (so not
+even a ``coding:`` cookie can be smuggled in).
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from typing import Any
+
+from optsearch.errors import ConfigError
+from optsearch.spaces.build import BuildContext, recipes
+from optsearch.spaces.optimizers import effective_weight_decay
+from optsearch.spaces.recipe import functions, render
+
+ALIASES = {"torch.optim.lr_scheduler": "lr_scheduler"}
+BUILD_KEYS = ("steps_per_epoch", "epochs", "batch_size", "train_size")
+
+
+def comment(text: str) -> str:
+    """``text`` as comment lines: one per line of text, unprintable characters escaped."""
+    lines = []
+    for line in str(text).splitlines() or [""]:
+        safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+        lines.append(f"# {safe}".rstrip())
+    return "\n".join(lines)
+
+
+def context(build: Any, key: str = "build") -> BuildContext:
+    """A ``BuildContext`` from a trial's ``build`` dict, checked."""
+    if not isinstance(build, dict):
+        raise ConfigError(key, build, f"must be a mapping with {list(BUILD_KEYS)}")
+    for k in build:
+        if k not in BUILD_KEYS:
+            raise ConfigError(f"{key}.{k}", build[k], f"unknown key; allowed: {list(BUILD_KEYS)}")
+    for k in ("steps_per_epoch", "epochs"):
+        if k not in build:
+            raise ConfigError(key, build, f"has no '{k}'")
+    return BuildContext(**build).check(key)  # plain ints
+
+
+def _source(func: Any) -> str:
+    return textwrap.dedent(inspect.getsource(func)).rstrip() + "\n"
+
+
+def to_python(params: dict, build: dict, header: str = "") -> str:
+    """Source of a module with ``build_optimizer(model)`` and
+    ``build_scheduler(optimizer, steps_per_epoch, epochs)`` for these params.
+
+    ``build`` is the trial's budget (``steps_per_epoch``, ``epochs``, and for normalized
+    weight decay ``batch_size``, ``train_size``); the scheduler's step counts are written as
+    expressions over ``steps_per_epoch`` and ``epochs``, defaulting to the trial's.
+    """
+    ctx = context(build)
+    resolved, r = recipes(params, ctx)
+    opt = resolved["optimizer"]
+
+    funcs = []
+    for node in r:
+        for f in functions(node):
+            if f not in funcs:
+                funcs.append(f)
+
+    out = [
+        "# Exported by optsearch: one trial's optimizer, param groups and per-batch lr schedule.",
+        "# Needs only torch. Step the scheduler after every optimizer step (every batch).",
+    ]
+    if header:
+        out.append(comment(header))
+    out += [
+        "",
+        "import functools",
+        "import math",
+        "",
+        "import torch",
+        "from torch.optim import lr_scheduler",
+        "",
+        "# The trial's training budget; build_scheduler defaults to it.",
+        f"STEPS_PER_EPOCH = {render(ctx.steps_per_epoch)}",
+        f"EPOCHS = {render(ctx.epochs)}",
+        "",
+        "# The resolved params this module was rendered from (for reference).",
+        f"PARAMS = {_render_params(resolved)}",
+        "",
+    ]
+    for f in funcs:
+        out += ["", _source(f)]
+    wd_note = []
+    if opt.get("weight_decay_norm") is not None:
+        wd = effective_weight_decay(opt, ctx)
+        wd_note = [
+            "    # normalized weight decay: weight_decay_norm * sqrt(batch_size / (train_size * epochs))",
+            f"    #   = {opt['weight_decay_norm']!r} * sqrt({ctx.batch_size!r} / ({ctx.train_size!r} * {ctx.epochs!r}))"
+            f" = {wd!r}",
+        ]
+    out += [
+        "",
+        "def build_optimizer(model):",
+        '    """The optimizer over ``model``\'s parameters, in the trial\'s param groups."""',
+        *wd_note,
+        f"    params = {render(r.groups, ALIASES, indent=4)}",
+        f"    return {render(r.optimizer, ALIASES, indent=4)}",
+        "",
+        "",
+        "def build_scheduler(optimizer, steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS):",
+        '    """The lr scheduler; call ``step()`` after every optimizer step."""',
+        f"    return {render(r.scheduler, ALIASES, indent=4)}",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _render_params(resolved: dict) -> str:
+    lines = ["{"]
+    for section, values in resolved.items():
+        lines.append(f"    {section!r}: {render(values)},")
+    lines.append("}")
+    return "\n".join(lines)

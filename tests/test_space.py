@@ -1,0 +1,179 @@
+"""Search spaces: parsing, conditional knobs, bad spaces, and the shipped CIFAR-10 configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from optsearch.errors import ConfigError
+from optsearch.spaces import BuildContext, Space, build
+from optsearch.spaces.params import resolve
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CIFAR_CONFIGS = ["cifar10-sgd.yaml", "cifar10-adam-l2.yaml", "cifar10-adamw.yaml", "cifar10-amsgrad.yaml",
+                 "cifar10-adamw-sgdr.yaml", "cifar10-onecycle.yaml"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def sample(space: Space, n: int = 1, seed: int = 0) -> list[dict]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append((space.sample(trial), dict(trial.params)))
+        study.tell(trial, 0.0)
+    return out
+
+
+def error(spec) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        Space.from_config(spec)
+    return info.value
+
+
+# ---- bad spaces -------------------------------------------------------------------------
+
+
+def test_t_mult_without_sgdr_names_its_owner():
+    err = error({"schedule": {"cosine": {"T_mult": 2}}})
+    assert err.key == "space.schedule.cosine.T_mult" and err.value == 2
+    assert "space.schedule.cosine.T_mult = 2" in str(err) and "sgdr" in str(err)
+
+
+def test_negative_lr():
+    err = error({"optimizer": {"adamw": {"lr": -0.1}}})
+    assert err.key == "space.optimizer.adamw.lr" and "-0.1" in str(err) and "> 0" in str(err)
+    err = error({"optimizer": {"sgd": {"lr": {"low": -1.0, "high": 1.0}}}})
+    assert err.key == "space.optimizer.sgd.lr" and "-1.0" in str(err)
+
+
+def test_unknown_variant():
+    err = error({"optimizer": {"lion": {"lr": 1e-4}}})
+    assert err.key == "space.optimizer" and err.value == "lion" and "'lion'" in str(err) and "adamw" in str(err)
+    err = error({"optimizer": ["adamw", "rmsprop"]})
+    assert err.value == "rmsprop" and "'rmsprop'" in str(err)
+
+
+def test_low_above_high():
+    err = error({"optimizer": {"adamw": {"lr": {"low": 0.1, "high": 0.01, "log": True}}}})
+    assert err.key == "space.optimizer.adamw.lr.low" and "0.1" in str(err) and "0.01" in str(err)
+
+
+def test_inconsistent_combinations_are_rejected_before_sampling():
+    # momentum's range reaches 0, where Nesterov is undefined
+    err = error({"optimizer": {"sgd": {"nesterov": True, "momentum": {"low": 0.0, "high": 0.9}}}})
+    assert err.key == "space.optimizer.sgd.nesterov" and "momentum" in str(err)
+    err = error({"schedule": {"onecycle": {"base_momentum": {"low": 0.8, "high": 0.95}, "max_momentum": 0.9}}})
+    assert err.key == "space.schedule.onecycle.base_momentum"
+    err = error({"optimizer": {"amsgrad": {"decoupled": {"choices": [True, False]}, "wd_schedule": "constant"}}})
+    assert err.key == "space.optimizer.amsgrad.wd_schedule"
+    err = error({"optimizer": {"sgd": {"wd_schedule": "constant"}}})
+    assert err.key == "space.optimizer.sgd.wd_schedule" and "decoupled" in str(err)
+
+
+def test_bad_knob_values_and_list_knobs():
+    assert error({"schedule": {"sgdr": {"T_mult": 1.5}}}).key == "space.schedule.sgdr.T_mult"
+    assert error({"schedule": {"onecycle": {"anneal_strategy": "cosine"}}}).value == "cosine"
+    assert error({"schedule": {"step": {"milestones": [0.75, 0.5]}}}).key == "space.schedule.step.milestones"
+    assert error({"schedule": {"step": {"milestones": {"choices": [0.5]}}}}).key == "space.schedule.step.milestones"
+    assert error({"optimizer": {"adamw": {"beta2": {"one_minus": {"low": 0.0, "high": 0.1, "log": True}}}}})
+    assert error({"param_groups": {"layer_decay": 0.0}}).key == "space.param_groups.layer_decay"
+
+
+def test_bad_params_are_config_errors_too():
+    good = {"optimizer": {"name": "adamw"}, "schedule": {"name": "cosine"}}
+    assert resolve(good)["optimizer"]["lr"] == 1e-3
+    for bad, key in [
+        ({**good, "optimizer": {"name": "adamw", "lr": "1e-3"}}, "params.optimizer.lr"),
+        ({**good, "optimizer": {"name": "adamw", "T_mult": 2}}, "params.optimizer.T_mult"),
+        ({**good, "schedule": {"name": "cosine'); import os; ('"}}, "params.schedule.name"),
+        ({**good, "schedule": {"name": "onecycle", "anneal_strategy": "cos'\nimport os"}},
+         "params.schedule.anneal_strategy"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            build(bad, nn.Linear(2, 2), BuildContext(4, 2))
+        assert info.value.key == key
+
+
+# ---- sampling ---------------------------------------------------------------------------
+
+
+def test_one_minus_log_and_eps_up_to_one():
+    space = Space.from_config({"optimizer": {"adamw": {
+        "beta1": {"one_minus": {"low": 1e-3, "high": 0.5, "log": True}},
+        "beta2": {"one_minus": {"low": 1e-4, "high": 0.1, "log": True}},
+        "eps": {"low": 1e-10, "high": 1.0, "log": True},
+    }}})
+    for params, raw in sample(space, 20):
+        opt = params["optimizer"]
+        assert 0.5 <= opt["beta1"] <= 1 - 1e-3 and 0.9 <= opt["beta2"] <= 1 - 1e-4
+        assert opt["beta1"] == pytest.approx(1 - raw["adamw.beta1.one_minus"])
+        assert 1e-10 <= opt["eps"] <= 1.0
+    s = Space.from_config({"optimizer": {"adamw": {"beta2": {"one_minus": {"low": 1e-4, "high": 0.1, "log": True}}}}})
+    study = optuna.create_study()
+    trial = study.ask()
+    s.sample(trial)
+    assert trial.distributions["adamw.beta2.one_minus"].log
+
+
+def test_knobs_are_conditional_on_their_schedule_and_variant():
+    space = Space.from_config({
+        "optimizer": {"adamw": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}},
+                      "sgd": {"lr": {"low": 1e-2, "high": 1.0, "log": True}, "nesterov": {"choices": [True, False]}}},
+        "schedule": {"cosine": {"warmup_epochs": {"low": 0, "high": 2}},
+                     "sgdr": {"T_0": {"choices": [1, 2]}, "T_mult": {"low": 1, "high": 3}}},
+    })
+    seen = set()
+    for params, raw in sample(space, 30):
+        o, s = params["optimizer"]["name"], params["schedule"]["name"]
+        seen.add((o, s))
+        own = {k.split(".")[0] for k in raw if "." in k}
+        assert own == {o, s}  # only the chosen variant's and schedule's knobs were sampled
+        if s == "sgdr":
+            assert "sgdr.T_mult" in raw and params["schedule"]["T_mult"] in (1, 2, 3)
+        else:
+            assert "T_mult" not in params["schedule"]
+    assert len(seen) == 4
+
+
+def test_single_variant_is_not_a_categorical():
+    space = Space.from_config({"optimizer": "sgd", "schedule": "noam"})
+    (params, raw), = sample(space)
+    assert params["optimizer"]["name"] == "sgd" and params["schedule"]["name"] == "noam"
+    assert "optimizer" not in raw and "schedule" not in raw
+
+
+# ---- shipped configs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CIFAR_CONFIGS)
+def test_cifar10_configs_parse_sample_and_build(name):
+    text = (CONFIGS / name).read_text()
+    assert text.startswith("#")  # a header says what the study is about
+    doc = yaml.safe_load(text)
+    assert set(doc) >= {"study", "trainer", "space", "workers"}
+    assert doc["study"]["name"] == name[: -len(".yaml")]
+    assert doc["trainer"]["name"] == "cifar10"
+    space = Space.from_config(doc["space"])
+    epochs, batch = doc["trainer"]["epochs"], doc["trainer"]["batch_size"]
+    ctx = BuildContext(-(-45_000 // batch), epochs, batch, 45_000)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 10))
+    for params, _ in sample(space, 8, seed=1):
+        optimizer, scheduler = build(params, model, ctx)
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("name", CIFAR_CONFIGS)
+def test_cifar10_configs_pass_the_config_loader(name):
+    config = pytest.importorskip("optsearch.search.config")
+    doc = yaml.safe_load((CONFIGS / name).read_text())
+    cfg = config.validate(doc, path=str(CONFIGS / name))
+    assert cfg.study.name == name[: -len(".yaml")] and cfg.study.pruner.name == "hyperband"
