@@ -152,16 +152,10 @@ class Coordinator:
             if better:
                 self.best_value = value
         if self.tracker:
-            curves = {}
-            if budget is not None and run is not None:
-                try:
-                    curves = reports.trajectory(run.params, budget)
-                except Exception as err:  # the plot is a nicety; never fail a trial on it
-                    self.errors.append(f"trial {number}: lr trajectory: {err}")
             tags = {"optsearch.trial_number": str(number), "optsearch.state": state}
             if error:
                 tags["optsearch.error"] = error[:5000]
-            self.tracker.trial_finished(number, state, value, tags, curves)
+            self.tracker.trial_finished(number, state, value, tags, run.params if run else None, budget)
 
     def _trial_id(self, number: int) -> int:
         return self.study.get_trials(deepcopy=False)[number]._trial_id
@@ -195,6 +189,7 @@ class Coordinator:
         if best is not None:
             summary["best"] = {"number": best.number, "value": best.value,
                                "params": best.user_attrs.get("params", best.params)}
+        studies.flush_study(self.study)  # the persistent store holds every trial before we return
         if self.tracker:
             if best is not None:
                 self._log_best(best)
@@ -207,24 +202,12 @@ class Coordinator:
         budget = best.user_attrs.get("build")
         texts: dict[str, str] = {"best_params.yaml": yaml.safe_dump(
             {"trial": best.number, "value": best.value, "params": params, "build": budget}, sort_keys=False)}
-        curves: dict[str, list] = {}
-        figures: dict[str, Any] = {}
         if budget:
             try:
                 from optsearch.spaces.export import to_python
 
-                texts["best_optimizer.py"] = to_python(params, budget, header=f"study {self.cfg.study.name}, trial {best.number}")
+                texts["best_optimizer.py"] = to_python(
+                    params, budget, header=f"study {self.cfg.study.name}, trial {best.number}")
             except Exception as err:
                 self.errors.append(f"export of trial {best.number}: {err}")
-            try:
-                traj = reports.trajectory(params, budget)
-                curves = {f"best_{k}": v for k, v in traj.items()}
-                fig = reports.schedule_figure(traj, f"best trial {best.number}: lr schedule")
-                if fig is not None:
-                    figures["best_schedule.png"] = fig
-            except Exception as err:
-                self.errors.append(f"schedule of trial {best.number}: {err}")
-        self.tracker.study_summary(
-            {"best_value": best.value}, {"best": params},
-            {"optsearch.best_trial": str(best.number)}, texts, curves, figures,
-        )
+        self.tracker.study_summary(best.value, best.number, params, budget, texts)

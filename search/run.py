@@ -48,17 +48,23 @@ def run_study(cfg: Config, workers: int | None = None, ray_address: str | None =
 def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dict:
     placement: Placement = plan(ray.cluster_resources(), workers or cfg.workers.count, cfg.workers.trials_per_gpu)
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1).remote(cfg)
+    # Workers import torch and load their trainer while the coordinator opens the study.
+    actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
+    actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
+                           [os.getcwd()]) for _ in range(placement.count)]
     progress = ray.get(coord.progress.remote())
     if progress["budget"] == 0:
+        for a in actors:
+            ray.kill(a)
         console.print(f"study {cfg.study.name!r} already has {progress['before']} of {cfg.study.n_trials} trials; "
                       "raise study.n_trials (--set study.n_trials=N) to run more")
         return ray.get(coord.close.remote())
     n = min(placement.count, progress["budget"])
+    for a in actors[n:]:
+        ray.kill(a)
+    actors = actors[:n]
     console.print(f"study [bold]{cfg.study.name}[/]: {progress['before']} trials stored, running "
                   f"{progress['budget']} more on {n} {placement.kind} worker(s)")
-    actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
-    actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
-                           [os.getcwd()]) for _ in range(n)]
     pending = {a.run.remote(coord, i): i for i, a in enumerate(actors)}
     interrupted = False
     columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),

@@ -1,8 +1,10 @@
 """MLflow tracking: the only module that imports mlflow.
 
-The coordinator calls these methods from its ask/report/tell path; they only enqueue.
-One background thread performs the writes in order, batching metric points per run, so
-a slow tracking store never delays a trial. ``close`` drains the queue.
+``MlflowWriter`` performs the writes. The coordinator never waits on it: inside Ray it runs
+as its own actor process (calls are fire-and-forget and arrive in order), so neither
+MLflow's start-up nor its SQLite commits take the coordinator's time or its GIL; outside
+Ray a thread plays that part (``ThreadedWriter``). Either way ``close`` waits for the
+writes to land.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def artifact_location(uri: str, experiment: str) -> str | None:
+def artifact_location(uri: str) -> str | None:
     """Artifacts beside a local sqlite store (MLflow 3 would otherwise use ./mlruns of the cwd)."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
@@ -43,156 +45,200 @@ def ui_link(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
     return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-class Tracker:
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
-                 config_text: str | None = None):
-        self.uri = uri
-        self.experiment = experiment
-        self.errors: list[str] = []
-        self.experiment_id: str | None = None
-        self.parent_id: str | None = None
-        self._runs: dict[int, str] = {}
-        self._q: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="optsearch-mlflow", daemon=True)
-        self._thread.start()
-        self._q.put(("open", (run_name, tags, config_text)))
+def _now() -> int:
+    return int(time.time() * 1000)
 
-    # --- called by the coordinator (enqueue only) ---------------------------------------
-    def trial_started(self, number: int, params: dict, tags: dict[str, str]) -> None:
-        self._q.put(("start", (number, params, tags)))
 
-    def trial_metrics(self, number: int, step: int, metrics: dict[str, float]) -> None:
-        self._q.put(("metrics", (number, step, metrics, int(time.time() * 1000))))
+class MlflowWriter:
+    """Synchronous MLflow writes for one invocation of a study (one parent run)."""
 
-    def trial_finished(self, number: int, state: str, value: float | None, tags: dict[str, str],
-                       curves: dict[str, list] | None = None) -> None:
-        self._q.put(("finish", (number, state, value, tags, curves or {})))
-
-    def study_summary(self, metrics: dict[str, float], params: dict, tags: dict[str, str],
-                      texts: dict[str, str], curves: dict[str, list], figures: dict[str, Any]) -> None:
-        self._q.put(("summary", (metrics, params, tags, texts, curves, figures)))
-
-    def close(self, status: str = "FINISHED", timeout: float = 120.0) -> dict:
-        self._q.put(("close", (status,)))
-        self._q.put(None)
-        self._thread.join(timeout)
-        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_id, "errors": self.errors}
-
-    # --- the writer thread ----------------------------------------------------------------
-    def _loop(self) -> None:
-        import mlflow  # noqa: F401  (heavy import kept off the coordinator's start-up path)
+    def __init__(self, uri: str, experiment: str):
+        import mlflow  # noqa: F401
         from mlflow import MlflowClient
+
+        from optsearch.search.study import fast_sqlite
 
         for name in ("mlflow", "alembic"):  # mlflow sets its own INFO level on import
             logging.getLogger(name).setLevel(logging.WARNING)
+        if uri.startswith("sqlite:"):
+            fast_sqlite()  # this process is the tracking store's only writer
+        self.uri = uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        self.errors: list[str] = []
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self.runs: dict[int, str] = {}
 
-        self._client = MlflowClient(tracking_uri=self.uri)
-        done = False
-        while not done:
-            ops = [self._q.get()]
-            while True:  # drain what is pending, to batch metric writes
-                try:
-                    ops.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            pending: dict[int, list] = {}
-            for op in ops:
-                if op is None:
-                    done = True
-                    break
-                kind, args = op
-                if kind == "metrics":
-                    pending.setdefault(args[0], []).append(args[1:])
-                    continue
-                self._flush_metrics(pending)
-                self._do(kind, args)
-            self._flush_metrics(pending)
-
-    def _do(self, kind: str, args: tuple) -> None:
+    def _guard(self, what: str, fn, *args) -> Any:
         try:
-            getattr(self, f"_op_{kind}")(*args)
+            return fn(*args)
         except Exception as err:  # tracking must never take a study down
-            message = f"mlflow {kind} failed: {type(err).__name__}: {err}"
+            message = f"mlflow {what} failed: {type(err).__name__}: {err}"
             log.warning(message)
             self.errors.append(message)
+            return None
 
-    def _flush_metrics(self, pending: dict[int, list]) -> None:
+    def _batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        metrics = list(metrics)
+        for i in range(0, max(1, len(metrics)), 1000):  # MLflow's per-request limit
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else (),
+                                  tags=tags if i == 0 else ())
+
+    # --- the protocol the coordinator calls ---------------------------------------------
+    def open(self, run_name: str, tags: dict[str, str], config_text: str | None) -> None:
+        self._guard("open", self._open, run_name, tags, config_text)
+
+    def trial_started(self, number: int, params: dict, tags: dict[str, str]) -> None:
+        self._guard("start", self._start, number, params, tags)
+
+    def trial_metrics(self, number: int, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        for number, points in pending.items():
-            run_id = self._runs.get(number)
-            if run_id is None:
-                continue
-            metrics = [Metric(k, float(v), ts, step) for step, m, ts in points for k, v in m.items()]
-            self._do("batch", (run_id, metrics))
-        pending.clear()
+        run_id = self.runs.get(number)
+        if run_id:
+            ts = _now()
+            self._guard("metrics", self._batch, run_id, [Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
-    def _op_batch(self, run_id: str, metrics: list) -> None:
-        for i in range(0, len(metrics), 1000):  # MLflow's per-request limit
-            self._client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    def trial_finished(self, number: int, state: str, value: float | None, tags: dict[str, str],
+                       params: dict | None = None, budget: dict | None = None) -> None:
+        self._guard("finish", self._finish, number, state, value, tags, params, budget)
 
-    def _op_open(self, run_name: str, tags: dict[str, str], config_text: str | None) -> None:
-        exp = self._client.get_experiment_by_name(self.experiment)
+    def study_summary(self, value: float, number: int, params: dict, budget: dict | None,
+                      texts: dict[str, str]) -> None:
+        self._guard("summary", self._summary, value, number, params, budget, texts)
+
+    def close(self, status: str = "FINISHED") -> dict:
+        self._guard("close", self._close, status)
+        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_id, "errors": self.errors}
+
+    # --- the writes -------------------------------------------------------------------------
+    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None) -> None:
+        exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
-            self.experiment_id = self._client.create_experiment(
-                self.experiment, artifact_location=artifact_location(self.uri, self.experiment)
-            )
+            self.experiment_id = self.client.create_experiment(self.experiment,
+                                                               artifact_location=artifact_location(self.uri))
         else:
             self.experiment_id = exp.experiment_id
-        run = self._client.create_run(self.experiment_id, tags=tags, run_name=run_name)
-        self.parent_id = run.info.run_id
+        self.parent_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
         if config_text is not None:
-            self._client.log_text(self.parent_id, config_text, "config.yaml")
+            self.client.log_text(self.parent_id, config_text, "config.yaml")
 
-    def _op_start(self, number: int, params: dict, tags: dict[str, str]) -> None:
+    def _start(self, number: int, params: dict, tags: dict[str, str]) -> None:
         from mlflow.entities import Param
 
         if self.parent_id is None:
             return
         tags = {"mlflow.parentRunId": self.parent_id, **tags}
-        run = self._client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number}")
-        self._runs[number] = run.info.run_id
-        flat = flatten(params)
-        self._client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
+        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number}").info.run_id
+        self.runs[number] = run_id
+        self._batch(run_id, params=[Param(k, str(v)) for k, v in flatten(params).items()])
 
-    def _op_finish(self, number: int, state: str, value: float | None, tags: dict[str, str],
-                   curves: dict[str, list]) -> None:
+    def _finish(self, number, state, value, tags, params, budget) -> None:
         from mlflow.entities import Metric, RunTag
 
-        run_id = self._runs.pop(number, None)
+        run_id = self.runs.pop(number, None)
         if run_id is None:
             return
-        now = int(time.time() * 1000)
-        metrics = [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
-        if value is not None:
-            metrics.append(Metric("value", float(value), now, 0))
-        self._op_batch(run_id, metrics)
-        self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        self._client.set_terminated(run_id, STATES[state])
+        now = _now()
+        metrics = [] if value is None else [Metric("value", float(value), now, 0)]
+        if params is not None and budget is not None:
+            # The lr (and momentum) of every step, rebuilt through the builders the trial used.
+            from optsearch.search.report import trajectory
 
-    def _op_summary(self, metrics, params, tags, texts, curves, figures) -> None:
+            curves = self._guard("lr trajectory", trajectory, params, budget) or {}
+            metrics += [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
+        self._batch(run_id, metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.set_terminated(run_id, STATES[state])
+
+    def _summary(self, value, number, params, budget, texts) -> None:
         from mlflow.entities import Metric, Param, RunTag
+
+        from optsearch.search.report import schedule_figure, trajectory
 
         if self.parent_id is None:
             return
-        now = int(time.time() * 1000)
-        points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        points += [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
-        self._op_batch(self.parent_id, points)
-        self._client.log_batch(
-            self.parent_id,
-            params=[Param(k, str(v)) for k, v in flatten(params).items()],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
-        )
+        now = _now()
+        metrics = [Metric("best_value", float(value), now, 0)]
+        figure = None
+        if budget:
+            curves = self._guard("lr trajectory", trajectory, params, budget) or {}
+            metrics += [Metric(f"best_{name}", float(v), now, int(step))
+                        for name, pts in curves.items() for step, v in pts]
+            if curves:
+                figure = schedule_figure(curves, f"best trial {number}: lr schedule")
+        self._batch(self.parent_id, metrics, params=[Param(k, str(v)) for k, v in flatten({"best": params}).items()],
+                    tags=[RunTag("optsearch.best_trial", str(number))])
         for name, text in texts.items():
-            self._client.log_text(self.parent_id, text, name)
-        for name, fig in figures.items():
-            self._client.log_figure(self.parent_id, fig, name)
+            self.client.log_text(self.parent_id, text, name)
+        if figure is not None:
+            self.client.log_figure(self.parent_id, figure, "best_schedule.png")
 
-    def _op_close(self, status: str) -> None:
-        for number, run_id in list(self._runs.items()):  # trials cut off by an interrupt
-            self._client.set_tag(run_id, "optsearch.state", "failed")
-            self._client.set_terminated(run_id, "KILLED")
-        self._runs.clear()
+    def _close(self, status: str) -> None:
+        for number, run_id in list(self.runs.items()):  # trials cut off by an interrupt
+            self.client.set_tag(run_id, "optsearch.state", "failed")
+            self.client.set_terminated(run_id, "KILLED")
+        self.runs.clear()
         if self.parent_id is not None:
-            self._client.set_terminated(self.parent_id, status)
+            self.client.set_terminated(self.parent_id, status)
+
+
+class ThreadedWriter:
+    """The writer on a background thread of this process (when not running under Ray)."""
+
+    def __init__(self, uri: str, experiment: str):
+        self._q: queue.Queue = queue.Queue()
+        self._result: dict = {}
+        self._thread = threading.Thread(target=self._loop, args=(uri, experiment), daemon=True,
+                                         name="optsearch-mlflow")
+        self._thread.start()
+
+    def _loop(self, uri: str, experiment: str) -> None:
+        writer = MlflowWriter(uri, experiment)
+        while True:
+            name, args = self._q.get()
+            result = getattr(writer, name)(*args)
+            if name == "close":
+                self._result = result
+                return
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self._q.put((name, args))
+
+    def close(self, status: str = "FINISHED") -> dict:
+        self._q.put(("close", (status,)))
+        self._thread.join()
+        return self._result
+
+
+class Tracker:
+    """What the coordinator holds: enqueue-only calls to a writer actor or thread."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None):
+        import ray
+
+        if ray.is_initialized():
+            self._actor = ray.remote(MlflowWriter).options(num_cpus=0).remote(uri, experiment)
+            self._call = lambda name, *args: getattr(self._actor, name).remote(*args)
+        else:
+            self._actor = None
+            writer = ThreadedWriter(uri, experiment)
+            self._call = lambda name, *args: getattr(writer, name)(*args)
+            self._writer = writer
+        self._call("open", run_name, tags, config_text)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self._call(name, *args)
+
+    def close(self, status: str = "FINISHED") -> dict:
+        if self._actor is None:
+            return self._writer.close(status)
+        import ray
+
+        info = ray.get(self._actor.close.remote(status))
+        ray.kill(self._actor)
+        return info
