@@ -31,6 +31,14 @@ class Running:
     last: dict = field(default_factory=dict)
 
 
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def trial_seed(study_seed: int, number: int) -> int:
     return (study_seed * 1_000_003 + number) % 2**31
 
@@ -170,6 +178,7 @@ class Coordinator:
             "running": len(self.running),
             "best": self.best_value,
             "stopping": self.stopping,
+            "peak_rss_mb": _peak_rss_mb(),
         }
 
     def close(self, interrupted: bool = False) -> dict:

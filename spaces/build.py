@@ -12,7 +12,10 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a recipe is instantiated, not when params are sampled
+    import torch
 
 from optsearch.errors import ConfigError
 from optsearch.spaces.groups import param_groups

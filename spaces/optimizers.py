@@ -35,8 +35,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from optsearch.spaces.components import (
     Component,
     Knob,
@@ -59,6 +57,8 @@ def hold_weight_decay(optimizer):
     at the same point of the step (before the update) with ``lr_t`` held at the group's lr.
     Call it on a fresh optimizer, before creating the scheduler.
     """
+    import torch
+
     for group in optimizer.param_groups:
         group["held_decay"] = group["lr"] * group["weight_decay"]
         group["weight_decay"] = 0.0

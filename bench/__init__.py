@@ -1,0 +1,1 @@
+"""Benchmarks (not installed; run from the repo root: python -m bench.NAME)."""

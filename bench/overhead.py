@@ -1,0 +1,125 @@
+"""Orchestration overhead: optsearch vs bare Optuna vs Ray Tune, side by side in one run.
+
+Workload: each trial sleeps 50 ms over 5 reports (10 ms each); N trials on 2 workers.
+Ideal wall time = N * 50 ms / 2. Per-trial overhead = (wall - ideal) * workers / N: the
+worker-seconds each trial costs beyond its own work.
+
+    python -m bench.overhead [--trials 100] [--workers 2] [--skip-tune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import optuna
+
+SLEEP, REPORTS = 0.010, 5
+
+
+def sleep_fit(params, ctx):
+    """A trainer that only sleeps: 5 reports of 10 ms."""
+    x = params["optimizer"]["lr"]
+    for step in range(REPORTS):
+        time.sleep(SLEEP)
+        ctx.report(step + 1, {"val_acc": x * (step + 1)})
+    return {"val_acc": x * REPORTS}
+
+
+def bench_optuna(tmp: str, trials: int, workers: int) -> float:
+    storage = f"sqlite:///{tmp}/optuna.db"
+
+    def objective(trial):
+        x = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        for step in range(REPORTS):
+            time.sleep(SLEEP)
+            trial.report(x * (step + 1), step + 1)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x * REPORTS
+
+    t0 = time.perf_counter()
+    study = optuna.create_study(storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=0), pruner=optuna.pruners.MedianPruner())
+    study.optimize(objective, n_trials=trials, n_jobs=workers)
+    return time.perf_counter() - t0
+
+
+def bench_optsearch(tmp: str, trials: int, workers: int, tracking: bool) -> float:
+    from optsearch.search import config
+    from optsearch.search.run import run_study
+    from rich.console import Console
+
+    doc = {
+        "study": {"name": "overhead", "n_trials": trials, "storage": f"sqlite:///{tmp}/optsearch-{tracking}.db",
+                  "sampler": {"name": "tpe", "seed": 0}, "pruner": {"name": "median"}},
+        "trainer": {"target": "bench.overhead:sleep_fit"},
+        "space": {"optimizer": {"adamw": {"lr": {"low": 1e-4, "high": 1.0, "log": True}}}},
+        "workers": {"count": workers},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow-{tracking}.db", "enabled": tracking},
+    }
+    cfg = config.validate(doc, "overhead.yaml")
+    t0 = time.perf_counter()
+    run_study(cfg, console=Console(file=open(os.devnull, "w")))
+    return time.perf_counter() - t0
+
+
+def bench_tune(tmp: str, trials: int, workers: int) -> float:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    def trainable(config):
+        for step in range(REPORTS):
+            time.sleep(SLEEP)
+            tune.report({"val_acc": config["lr"] * (step + 1)})
+
+    t0 = time.perf_counter()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"lr": tune.loguniform(1e-4, 1.0)},
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", num_samples=trials, max_concurrent_trials=workers,
+            search_alg=OptunaSearch(seed=0), scheduler=ASHAScheduler(max_t=REPORTS, grace_period=1),
+        ),
+        run_config=tune.RunConfig(storage_path=f"{tmp}/tune", verbose=0),
+    )
+    tuner.fit()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-tune", action="store_true")
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import ray
+
+    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ideal = args.trials * SLEEP * REPORTS / args.workers
+    tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
+    try:
+        rows = [("bare Optuna (SQLite, n_jobs)", bench_optuna(tmp, args.trials, args.workers)),
+                ("optsearch (no MLflow)", bench_optsearch(tmp, args.trials, args.workers, False)),
+                ("optsearch (with MLflow)", bench_optsearch(tmp, args.trials, args.workers, True))]
+        if not args.skip_tune:
+            rows.append(("Ray Tune (OptunaSearch+ASHA)", bench_tune(tmp, args.trials, args.workers)))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    per = {name: (wall - ideal) * args.workers / args.trials for name, wall in rows}
+    base = per[rows[0][0]]
+    print(f"{args.trials} trials x {REPORTS} reports x {SLEEP * 1000:.0f} ms, {args.workers} workers; "
+          f"ideal wall {ideal:.2f} s")
+    print(f"{'runner':32} {'wall s':>8} {'overhead s/trial':>17} {'vs Optuna':>10}")
+    for name, wall in rows:
+        print(f"{name:32} {wall:8.2f} {per[name]:17.4f} {per[name] / base:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
