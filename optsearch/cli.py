@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     e.add_argument("--format", choices=["python", "yaml", "json"], default="python")
 
+    c = sub.add_parser("compare", help="compare optimizer variants (or studies) at equal budget")
+    c.add_argument("studies", nargs="+", help="one study (grouped by --by) or several (one group each)")
+    c.add_argument("--storage", default="sqlite:///optsearch.db", help="Optuna storage URL (default: %(default)s)")
+    c.add_argument("--by", choices=["optimizer", "schedule"], default="optimizer")
+
     sub.add_parser("configs", help="list the bundled configs")
     return p
 
@@ -44,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             from optsearch.search.exporting import export_trial
 
             print(export_trial(_abs_storage(args.storage), args.study, args.trial, args.format))
+            return 0
+        if args.command == "compare":
+            from optsearch.search.report import compare_studies, print_comparison
+
+            rows, maximize = compare_studies(_abs_storage(args.storage), args.studies, args.by)
+            print_comparison(rows, maximize)
             return 0
         if args.command == "configs":
             from optsearch.search.config import bundled_dir

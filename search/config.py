@@ -131,6 +131,10 @@ def _named(key: str, raw: Any, registry: dict[str, dict], default: str) -> tuple
     name = raw.pop("name", default)
     if name not in registry:
         raise ConfigError(f"{key}.name", name, f"unknown; known: {sorted(registry)}")
+    for k, v in raw.items():
+        if k not in registry[name]:
+            allowed = sorted(registry[name]) or "none"
+            raise ConfigError(f"{key}.{k}", v, f"not an option of {key.split('.')[-1]} '{name}' (its options: {allowed})")
     return name, _section(key, raw, registry[name])
 
 

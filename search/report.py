@@ -81,3 +81,92 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def epochs_spent(trials: list[Any]) -> int:
     """Total epochs (reported steps) over trials: the budget a pruner saves."""
     return sum(len(t.intermediate_values) for t in trials)
+
+
+# --- comparing variants at equal budget -------------------------------------------------
+def expected_max(values: list[float], k: int, maximize: bool = True) -> float:
+    """E[best of k trials drawn with replacement] (Dodge et al., 2019, "Show your work").
+
+    With n sorted values v_1 <= ... <= v_n: sum_i v_i * ((i/n)^k - ((i-1)/n)^k).
+    """
+    if not values:
+        raise ValueError("no values")
+    xs = sorted(values) if maximize else sorted(values, reverse=True)
+    n = len(xs)
+    return sum(v * ((i / n) ** k - ((i - 1) / n) ** k) for i, v in enumerate(xs, start=1))
+
+
+def _group_key(t: optuna.trial.FrozenTrial, by: str) -> str:
+    params = t.user_attrs.get("params") or {}
+    section = params.get(by) or {}
+    return str(section.get("name", "?"))
+
+
+def trial_value(t: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's value for comparisons: its final value, or a pruned trial's last report."""
+    if t.state == TrialState.COMPLETE:
+        return t.value
+    if t.state == TrialState.PRUNED and t.intermediate_values:
+        return t.intermediate_values[max(t.intermediate_values)]
+    return None
+
+
+def compare(groups: dict[str, list[optuna.trial.FrozenTrial]], maximize: bool = True,
+            ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> list[dict]:
+    """Per group: trials, epochs spent, best, median, and E[max_k] for each k up to the
+    smallest group's trial count, so every variant is compared at the same budget."""
+    sizes = [sum(trial_value(t) is not None for t in ts) for ts in groups.values()]
+    common = min(sizes) if sizes else 0
+    rows = []
+    for name, ts in groups.items():
+        values = [v for v in (trial_value(t) for t in ts) if v is not None]
+        row: dict[str, Any] = {
+            "group": name, "trials": len(ts), "complete": sum(t.state == TrialState.COMPLETE for t in ts),
+            "epochs": epochs_spent(ts),
+            "best": (max(values) if maximize else min(values)) if values else None,
+            "median": float(sorted(values)[len(values) // 2]) if values else None,
+            "expected_max": {k: expected_max(values, k, maximize) for k in ks if k <= common and values},
+        }
+        rows.append(row)
+    return rows
+
+
+def compare_studies(storage: str, names: list[str], by: str = "optimizer") -> tuple[list[dict], bool]:
+    """One study: group its trials by ``by`` (optimizer or schedule). Several: one group each."""
+    from optsearch.errors import ConfigError
+
+    studies = []
+    for name in names:
+        try:
+            studies.append(optuna.load_study(study_name=name, storage=storage))
+        except KeyError:
+            raise ConfigError("study", name, f"no such study in {storage}") from None
+    maximize = studies[0].direction == optuna.study.StudyDirection.MAXIMIZE
+    groups: dict[str, list] = {}
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    if len(studies) == 1:
+        for t in studies[0].get_trials(deepcopy=False, states=finished):
+            groups.setdefault(_group_key(t, by), []).append(t)
+    else:
+        for name, study in zip(names, studies):
+            groups[name] = study.get_trials(deepcopy=False, states=finished)
+    return compare(groups, maximize), maximize
+
+
+def print_comparison(rows: list[dict], maximize: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ks = sorted({k for r in rows for k in r["expected_max"]})
+    title = "equal-budget comparison: E\\[best of k trials] (Dodge et al. 2019)"
+    table = Table(title=title + ("" if maximize else ", lower is better"))
+    for col in ["group", "trials", "complete", "epochs", "best", "median"] + [f"k={k}" for k in ks]:
+        table.add_column(col, justify="left" if col == "group" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        table.add_row(r["group"], str(r["trials"]), str(r["complete"]), str(r["epochs"]), fmt(r["best"]),
+                      fmt(r["median"]), *[fmt(r["expected_max"].get(k)) for k in ks])
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped output: no wrapping of wide tables
+    console.print(table)
