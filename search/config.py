@@ -98,7 +98,7 @@ SAMPLERS: dict[str, dict[str, tuple[Any, Check]]] = {
         "seed": _SEED,
         "n_startup_trials": (10, _int(0)),
         "multivariate": (True, _bool),
-        "group": (True, _bool),
+        "group": ("auto", _either(_one_of("auto"), _bool)),  # auto: only for conditional spaces
         "constant_liar": (True, _bool),
     },
     "random": {"seed": _SEED},

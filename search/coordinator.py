@@ -59,7 +59,7 @@ class Coordinator:
         quiet_libraries()
         self.cfg = cfg
         self.metric = cfg.study.metric
-        self.study = studies.open_study(cfg.study)
+        self.study = studies.open_study(cfg.study, conditional=cfg.space.conditional)
         self.abandoned = studies.abandon_stale(self.study)
         self.finished_before = studies.finished_count(self.study)
         self.budget = max(0, cfg.study.n_trials - self.finished_before)

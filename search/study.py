@@ -10,12 +10,18 @@ from optsearch.search.config import PrunerConfig, SamplerConfig, StudyConfig
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SamplerConfig, conditional: bool = False) -> optuna.samplers.BaseSampler:
+    """``conditional``: the space has params that exist only for some variants/schedules.
+
+    TPE's ``group`` mode models such spaces per group of co-occurring params; it costs a
+    pass over every trial per ask, so ``group: auto`` enables it only where it matters.
+    """
     o = cfg.options
     if cfg.name == "tpe":
+        group = conditional if o["group"] == "auto" else o["group"]
         return optuna.samplers.TPESampler(
             seed=o["seed"], n_startup_trials=o["n_startup_trials"], multivariate=o["multivariate"],
-            group=o["group"] and o["multivariate"], constant_liar=o["constant_liar"],
+            group=group and o["multivariate"], constant_liar=o["constant_liar"],
         )
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=o["seed"])
@@ -79,7 +85,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.get_storage(url)
 
 
-def open_study(cfg: StudyConfig, mirrored: bool = True) -> optuna.Study:
+def open_study(cfg: StudyConfig, mirrored: bool = True, conditional: bool = False) -> optuna.Study:
     """Create the study, or load it when it exists: re-running a config resumes it.
 
     ``mirrored``: serve reads from memory and write behind (``storage.MirroredStorage``);
@@ -93,7 +99,7 @@ def open_study(cfg: StudyConfig, mirrored: bool = True) -> optuna.Study:
     return optuna.create_study(
         study_name=cfg.name,
         storage=storage,
-        sampler=make_sampler(cfg.sampler),
+        sampler=make_sampler(cfg.sampler, conditional),
         pruner=make_pruner(cfg.pruner),
         direction=cfg.direction,
         load_if_exists=True,

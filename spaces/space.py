@@ -163,6 +163,11 @@ class Space:
             groups,
         )
 
+    @property
+    def conditional(self) -> bool:
+        """Whether some params exist only in some trials (a choice of variants or schedules)."""
+        return len(self.optimizer.options) > 1 or len(self.schedule.options) > 1
+
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """One trial's resolved params: plain nested dicts, picklable, JSON-able."""
         params = {
