@@ -160,3 +160,33 @@ def test_quickstart_cli_acceptance(tmp_path):
     assert len(parents) == 1 and len(trials) == 24
     assert any(r.data.tags["optsearch.state"] == "pruned" for r in trials)
     assert "workflowType=machine_learning" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_trials_and_fails_running_ones(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "optsearch", "study", "quickstart.yaml",
+                             "--set", "study.n_trials=200", "--set", "study.pruner=none"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = f"sqlite:///{tmp_path}/optsearch.db"
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and done < 3:
+        time.sleep(1)
+        try:
+            done = len([t for t in optuna.load_study(study_name="quickstart", storage=storage).trials
+                        if t.state == TrialState.COMPLETE])
+        except KeyError:
+            pass
+    assert done >= 3, "the study did not get going"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= done  # nothing finished is lost
+    assert all(t.state != TrialState.RUNNING for t in trials)
+    assert "Traceback" not in err
+    _, parents, runs = mlflow_runs(tmp_path, "quickstart")
+    assert parents[0].info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in runs)
