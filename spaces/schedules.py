@@ -50,6 +50,15 @@ def steps(epochs: float) -> str:
     return f"max(1, round({lit(epochs)} * steps_per_epoch))"
 
 
+def warmup_steps(epochs: float) -> str:
+    """Source for a warmup of ``epochs`` epochs, cut to end one step before the run does.
+
+    So a config tuned for long runs still trains when shortened (``--set trainer.epochs=1``):
+    a warmup as long as the run or longer becomes a warmup over all but its last step.
+    """
+    return f"min({steps(epochs)}, max(1, {TOTAL} - 1))"
+
+
 def n_steps(epochs: float, ctx: Any) -> int:
     """The value of ``steps(epochs)`` for a budget."""
     return Expr(steps(epochs)).eval({"steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs})
@@ -74,7 +83,7 @@ def with_warmup(main: Call, p: dict) -> Call:
     """Prefix ``main`` with a linear warmup of ``p['warmup_epochs']`` (none when 0)."""
     if not p.get("warmup_epochs"):
         return main
-    w = steps(p["warmup_epochs"])
+    w = warmup_steps(p["warmup_epochs"])
     warm = Call(
         f"{SCHED}.LinearLR",
         (Ref("optimizer"),),
@@ -97,7 +106,7 @@ def _step(p: dict, ctx: Any, opt: dict) -> Call:
 
 
 def _cosine(p: dict, ctx: Any, opt: dict) -> Call:
-    t_max = TOTAL if not p["warmup_epochs"] else f"max(1, {TOTAL} - {steps(p['warmup_epochs'])})"
+    t_max = TOTAL if not p["warmup_epochs"] else f"max(1, {TOTAL} - {warmup_steps(p['warmup_epochs'])})"
     main = Call(f"{SCHED}.CosineAnnealingLR", (Ref("optimizer"),), {"T_max": Expr(t_max), "eta_min": p["eta_min"]})
     return with_warmup(main, p)
 
@@ -142,14 +151,14 @@ def _noam(p: dict, ctx: Any, opt: dict) -> Call:
 
 
 def _warmup_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
-    if p.get("warmup_epochs") and n_steps(p["warmup_epochs"], ctx) >= ctx.epochs * ctx.steps_per_epoch:
-        return "warmup_epochs", f"the warmup must end before the run does ({ctx.epochs} epochs)"
+    if p.get("warmup_epochs") and ctx.epochs * ctx.steps_per_epoch < 2:
+        return "warmup_epochs", "a warmup needs a run of at least 2 steps"
     return None
 
 
 def _step_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
     total = ctx.epochs * ctx.steps_per_epoch
-    warm = n_steps(p["warmup_epochs"], ctx) if p["warmup_epochs"] else 0
+    warm = min(n_steps(p["warmup_epochs"], ctx), max(1, total - 1)) if p["warmup_epochs"] else 0
     at = [round(f * total) for f in p["milestones"]]
     if at[0] <= warm:
         return "milestones", f"the first milestone (step {at[0]}) must come after the warmup ({warm} steps)"

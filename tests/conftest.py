@@ -45,5 +45,21 @@ def digits_config(tmp_path: Path, **study) -> dict:
     return doc
 
 
-def needs_cifar():
-    return pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"CIFAR-10 archive absent: {CIFAR_ARCHIVE}")
+@pytest.fixture(scope="session")
+def cifar_cache_dir(tmp_path_factory) -> Path:
+    """Where this session's decoded CIFAR-10 lives (the shared folder is read-only)."""
+    return tmp_path_factory.mktemp("cifar10-cache")
+
+
+@pytest.fixture(scope="session")
+def cifar(cifar_cache_dir):
+    """The archive decoded once per session: (arrays, seconds the load took)."""
+    import time
+
+    from optsearch.trainers.data import load_cifar10
+
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    start = time.perf_counter()
+    arrays = load_cifar10(CIFAR_ARCHIVE, cache_dir=cifar_cache_dir)
+    return arrays, time.perf_counter() - start

@@ -183,9 +183,16 @@ def test_noam_peaks_at_warmup_then_inverse_sqrt():
     assert lrs == pytest.approx([v * scale for v in vaswani], rel=1e-9)
 
 
+def test_warmup_longer_than_the_run_is_cut_to_end_one_step_before_it():
+    lrs, _ = run(params({"name": "cosine", "warmup_epochs": 3, "warmup_start_factor": 0.01, "eta_min": 0.0}), 5, 3)
+    assert lrs[0] == pytest.approx(LR * 0.01)
+    assert lrs[14] == pytest.approx(LR)  # warmup over steps 0..13, the peak at the last step
+    assert lrs[:15] == sorted(lrs[:15])
+
+
 def test_budget_checks_raise_config_errors():
     with pytest.raises(ConfigError, match="warmup_epochs"):
-        build(params({"name": "cosine", "warmup_epochs": 3}), model(), BuildContext(5, 3))
+        build(params({"name": "cosine", "warmup_epochs": 3}), model(), BuildContext(1, 1))
     with pytest.raises(ConfigError, match="milestones"):
         build(params({"name": "step", "milestones": [0.1], "warmup_epochs": 1}), model(), BuildContext(5, 4))
     with pytest.raises(ConfigError, match="pct_start"):

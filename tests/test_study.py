@@ -190,3 +190,25 @@ def test_ctrl_c_keeps_finished_trials_and_fails_running_ones(tmp_path):
     _, parents, runs = mlflow_runs(tmp_path, "quickstart")
     assert parents[0].info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+@pytest.mark.slow
+def test_cifar10_config_on_cpu_against_the_shared_archive(cifar, cifar_cache_dir, tmp_path):
+    """The real cifar10-adamw config, on CPU with small overrides, end to end."""
+    from tests.conftest import CIFAR_ARCHIVE
+
+    sets = ["study.n_trials=2", "trainer.epochs=1", "trainer.train_subset=2000", "trainer.val_size=1000",
+            "trainer.test_subset=1000", f"trainer.root={CIFAR_ARCHIVE}", f"trainer.cache_dir={cifar_cache_dir}"]
+    argv = [sys.executable, "-m", "optsearch", "study", "cifar10-adamw.yaml"]
+    for s in sets:
+        argv += ["--set", s]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="cifar10-adamw", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE, t.user_attrs.get("error")
+        assert 0.0 <= t.value <= 1.0 and 0.0 <= t.user_attrs["final_test_acc"] <= 1.0
+        assert t.user_attrs["build"]["train_size"] == 2000
+    _, parents, trials = mlflow_runs(tmp_path, "cifar10-adamw")
+    assert len(parents) == 1 and len(trials) == 2
