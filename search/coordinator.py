@@ -55,7 +55,8 @@ def quiet_libraries() -> None:
 
 
 class Coordinator:
-    def __init__(self, cfg: Config, run_name: str | None = None, tracker: Any = "auto"):
+    def __init__(self, cfg: Config, run_name: str | None = None, writer: Any = None):
+        """``writer``: an MLflow writer actor started beside this one (see ``run.py``)."""
         quiet_libraries()
         self.cfg = cfg
         self.metric = cfg.study.metric
@@ -72,19 +73,18 @@ class Coordinator:
         best = reports.best_trial(self.study)
         if best is not None:
             self.best_value = best.value
-        if tracker == "auto":
-            tracker = None
-            if cfg.tracking.enabled:
-                from optsearch.search.tracking import Tracker
+        self.tracker = None
+        if cfg.tracking.enabled:
+            from optsearch.search.tracking import Tracker
 
-                tracker = Tracker(
-                    cfg.tracking.uri, cfg.experiment,
-                    run_name or f"{cfg.study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                    {"optsearch.study": cfg.study.name, "optsearch.storage": cfg.study.storage,
-                     "optsearch.role": "study", "optsearch.config": cfg.path},
-                    yaml.safe_dump(cfg.raw, sort_keys=False),
-                )
-        self.tracker = tracker
+            self.tracker = Tracker(
+                cfg.tracking.uri, cfg.experiment,
+                run_name or f"{cfg.study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                {"optsearch.study": cfg.study.name, "optsearch.storage": cfg.study.storage,
+                 "optsearch.role": "study", "optsearch.config": cfg.path},
+                yaml.safe_dump(cfg.raw, sort_keys=False),
+                actor=writer,
+            )
 
     # --- the worker protocol -------------------------------------------------------------
     def ask(self, worker: int) -> dict | None:
@@ -170,6 +170,8 @@ class Coordinator:
 
     # --- views ---------------------------------------------------------------------------
     def progress(self) -> dict:
+        if self.tracker:
+            self.tracker.tick()  # buffered epoch metrics reach MLflow within a second
         return {
             "total": self.cfg.study.n_trials,
             "before": self.finished_before,

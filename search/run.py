@@ -47,7 +47,12 @@ def run_study(cfg: Config, workers: int | None = None, ray_address: str | None =
 
 def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dict:
     placement: Placement = plan(ray.cluster_resources(), workers or cfg.workers.count, cfg.workers.trials_per_gpu)
-    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1).remote(cfg)
+    writer = None
+    if cfg.tracking.enabled:  # MLflow's imports and store start beside the coordinator's
+        from optsearch.search.tracking import writer_actor
+
+        writer = writer_actor(cfg.tracking.uri, cfg.experiment)
+    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1).remote(cfg, None, writer)
     # Workers import torch and load their trainer while the coordinator opens the study.
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
     actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
@@ -79,7 +84,9 @@ def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dic
                     try:
                         ray.get(ref)
                     except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                        reason = str(err).splitlines()[0][:300]
+                        cause = getattr(err, "cause", None)
+                        reason = (f"{type(cause).__name__}: {cause}" if cause is not None
+                                  else (str(err).strip().splitlines() or ["actor died"])[-1])[:500]
                         ray.get(coord.worker_lost.remote(worker, reason))
                         console.print(f"[red]worker {worker} lost[/]: {reason}")
                 p = ray.get(coord.progress.remote())

@@ -100,6 +100,18 @@ class MlflowWriter:
             ts = _now()
             self._guard("metrics", self._batch, run_id, [Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
+    def metrics_batch(self, points: list) -> None:
+        """Buffered (number, step, metrics, timestamp) points, one log_batch per run."""
+        from mlflow.entities import Metric
+
+        by_run: dict[str, list] = {}
+        for number, step, metrics, ts in points:
+            run_id = self.runs.get(number)
+            if run_id:
+                by_run.setdefault(run_id, []).extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        for run_id, batch in by_run.items():
+            self._guard("metrics", self._batch, run_id, batch)
+
     def trial_finished(self, number: int, state: str, value: float | None, tags: dict[str, str],
                        params: dict | None = None, budget: dict | None = None) -> None:
         self._guard("finish", self._finish, number, state, value, tags, params, budget)
@@ -213,28 +225,66 @@ class ThreadedWriter:
         return self._result
 
 
-class Tracker:
-    """What the coordinator holds: enqueue-only calls to a writer actor or thread."""
+def writer_actor(uri: str, experiment: str):
+    """Start the MLflow writer as its own Ray actor (no CPU reserved: it mostly waits)."""
+    import ray
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None):
+    return ray.remote(MlflowWriter).options(num_cpus=0).remote(uri, experiment)
+
+
+class Tracker:
+    """What the coordinator holds: enqueue-only calls to a writer actor or thread.
+
+    Per-epoch metrics are buffered and sent at most every ``flush_every`` seconds (and
+    before a trial's end), so a study's hundreds of reports become a few writes; the
+    coordinator calls ``tick`` on every progress poll so nothing waits longer than that.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None,
+                 actor: Any = None, flush_every: float = 1.0):
         import ray
 
-        if ray.is_initialized():
-            self._actor = ray.remote(MlflowWriter).options(num_cpus=0).remote(uri, experiment)
-            self._call = lambda name, *args: getattr(self._actor, name).remote(*args)
+        self._pending: list = []
+        self._flush_every = flush_every
+        self._last = time.monotonic()
+        if actor is None and ray.is_initialized():
+            actor = writer_actor(uri, experiment)
+        self._actor = actor
+        if actor is not None:
+            self._call = lambda name, *args: getattr(actor, name).remote(*args)
         else:
-            self._actor = None
             writer = ThreadedWriter(uri, experiment)
             self._call = lambda name, *args: getattr(writer, name)(*args)
             self._writer = writer
         self._call("open", run_name, tags, config_text)
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return lambda *args: self._call(name, *args)
+    def trial_started(self, number: int, params: dict, tags: dict[str, str]) -> None:
+        self._call("trial_started", number, params, tags)
+
+    def trial_metrics(self, number: int, step: int, metrics: dict[str, float]) -> None:
+        self._pending.append((number, step, metrics, _now()))
+        self.tick()
+
+    def tick(self) -> None:
+        if self._pending and time.monotonic() - self._last >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._call("metrics_batch", self._pending)
+            self._pending = []
+        self._last = time.monotonic()
+
+    def trial_finished(self, *args) -> None:
+        self.flush()
+        self._call("trial_finished", *args)
+
+    def study_summary(self, *args) -> None:
+        self.flush()
+        self._call("study_summary", *args)
 
     def close(self, status: str = "FINISHED") -> dict:
+        self.flush()
         if self._actor is None:
             return self._writer.close(status)
         import ray

@@ -54,21 +54,29 @@ class TrialWorker:
                  sys_path: list[str] | None = None):
         import sys
 
-        import torch
-
         for p in reversed(sys_path or []):  # the driver's cwd: `target: mymodule:fit` imports here too
             if p not in sys.path:
                 sys.path.insert(0, p)
-
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read by torch when it loads
+            os.environ[var] = str(threads)
         from optsearch.trainers.registry import load_trainer
 
-        torch.set_num_threads(threads)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.threads = threads
+        self.options = options
         self.trainer = load_trainer(trainer_name, trainer_target, options)
         self.pid = os.getpid()
 
+    def trial_device(self):
+        """The trials' device (loads torch if the trainer has not)."""
+        import torch
+
+        from optsearch.trainers.base import default_device
+
+        torch.set_num_threads(self.threads)
+        return default_device()
+
     def info(self) -> dict:
-        return {"pid": self.pid, "device": str(self.device)}
+        return {"pid": self.pid, "device": str(self.trial_device())}
 
     def run(self, coordinator, worker: int) -> int:
         """Run trials until the coordinator has none left; returns how many ran here."""
@@ -82,7 +90,11 @@ class TrialWorker:
             def reporter(step: int, metrics: dict, number: int = number) -> bool:
                 return ray.get(coordinator.report.remote(number, step, metrics))
 
-            ctx = TrialContext(number, job["seed"], self.device, reporter=reporter)
+            import sys
+
+            # A trainer that never loads torch (a pure-Python objective) gets a lazy device.
+            device = self.trial_device() if "torch" in sys.modules else None
+            ctx = TrialContext(number, job["seed"], device, options=self.options, reporter=reporter)
             seed_everything(job["seed"])
             state, metrics, error = "complete", {}, None
             try:

@@ -8,25 +8,40 @@ the data they load stays resident for every trial the worker runs.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import optuna
-import torch
 
 from optsearch.spaces.build import BuildContext, build
 
+if TYPE_CHECKING:  # torch loads with the trainer that uses it, not with the worker
+    import torch
 
-@dataclass
+
+def default_device() -> "torch.device":
+    """CUDA when this process sees a GPU (Ray sets CUDA_VISIBLE_DEVICES per actor), else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class TrialContext:
-    """What a trainer gets besides the params."""
+    """What a trainer gets besides the params: trial number, seed, device, options, report."""
 
-    trial_number: int
-    seed: int
-    device: torch.device
-    options: dict = field(default_factory=dict)  # the trainer's config options, as given
-    reporter: Callable[[int, dict], bool] | None = None  # returns True when the trial should stop
-    budget: BuildContext | None = None  # set by build(): what the export needs to rebuild the schedule
+    def __init__(self, trial_number: int, seed: int, device: "torch.device | None" = None,
+                 options: dict | None = None, reporter: Callable[[int, dict], bool] | None = None):
+        self.trial_number = trial_number
+        self.seed = seed
+        self._device = device
+        self.options = options or {}  # the trainer's config options, as given
+        self.reporter = reporter  # returns True when the trial should stop
+        self.budget: BuildContext | None = None  # set by build(): what export needs to rebuild the schedule
+
+    @property
+    def device(self) -> "torch.device":
+        if self._device is None:
+            self._device = default_device()
+        return self._device
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         """Report metrics after ``step`` (an epoch); raises ``optuna.TrialPruned`` on a prune."""
@@ -34,7 +49,7 @@ class TrialContext:
         if self.reporter is not None and self.reporter(step, metrics):
             raise optuna.TrialPruned(f"pruned at step {step}")
 
-    def build(self, params: dict, model: torch.nn.Module, *, steps_per_epoch: int, epochs: int,
+    def build(self, params: dict, model: "torch.nn.Module", *, steps_per_epoch: int, epochs: int,
               batch_size: int = 1, train_size: int = 1):
         """The optimizer and per-batch scheduler the params describe (``spaces.build``)."""
         self.budget = BuildContext(steps_per_epoch, epochs, batch_size, train_size)
@@ -72,10 +87,13 @@ def options_from(cls: type, options: dict, key: str = "trainer") -> Any:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed random, numpy and (when loaded) torch."""
     import random
+    import sys
 
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
