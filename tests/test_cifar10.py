@@ -188,6 +188,7 @@ def test_split_is_class_balanced_on_real_labels(cifar):
     ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"tta": "yes"}, "tta"),
     ({"eval_batch_size": 0}, "eval_batch_size"),
+    ({"precision": "fp16"}, "precision"),
     ({"no_such_option": 1}, "no_such_option"),
 ])
 def test_bad_options_are_one_line_config_errors(options, key):
@@ -275,3 +276,12 @@ def test_diverging_trial_raises_floating_point_error(cifar, cache_dir):
                                       "dampening": 0.0, "weight_decay": 0.0, "weight_decay_norm": None}}
     with pytest.raises(FloatingPointError, match="training loss"):
         trainer.fit(params, TrialContext(0, 0, torch.device("cpu")))
+
+
+def test_precision_auto_uses_bf16_on_cuda_and_native_bf16_cpus_only():
+    from optsearch.trainers.cifar10 import use_bf16
+
+    assert use_bf16("auto", torch.device("cuda"))
+    assert not use_bf16("fp32", torch.device("cuda")) and use_bf16("bf16", torch.device("cpu"))
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert use_bf16("auto", torch.device("cpu")) == native
