@@ -128,6 +128,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each timed epoch")
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs per side, interleaved; best is reported")
     ap.add_argument("--skip-channels-last-baseline", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="the trainer's precision option (auto: bf16 where the CPU has native bf16)")
     args = ap.parse_args(argv)
 
     if not args.archive.is_file() and args.data is None:
@@ -136,7 +138,8 @@ def main(argv=None) -> None:
     widths = [int(w) for w in args.widths.split(",")]
     options = options_from(Cifar10Options, {
         "root": str(args.data if args.data is not None else args.archive), "cache_dir": args.cache_dir,
-        "train_subset": args.images, "epochs": 1, "batch_size": args.batch_size, "widths": widths})
+        "train_subset": args.images, "epochs": 1, "batch_size": args.batch_size, "widths": widths,
+        "precision": args.precision})
     trainer = Cifar10Trainer(options)
     t0 = time.perf_counter()
     trainer.data()
@@ -154,7 +157,10 @@ def main(argv=None) -> None:
             tf.extractall(tmp, filter="data")
         extract_s = time.perf_counter() - t0
         folder = Path(tmp)
-    names = ["Cifar10Trainer (device-resident uint8, channels_last)",
+    from optsearch.trainers.cifar10 import use_bf16
+
+    precision = "bf16" if use_bf16(args.precision, device) else "fp32"
+    names = [f"Cifar10Trainer (device-resident uint8, channels_last, {precision})",
              f"ImageFolder+DataLoader(num_workers={args.workers}), NCHW",
              f"ImageFolder+DataLoader(num_workers={args.workers}), channels_last"]
     if args.skip_channels_last_baseline:
