@@ -49,11 +49,25 @@ def current_rss() -> float:
     return float("nan")
 
 
+def status_kb(field: str) -> float:
+    """A field of /proc/self/status in bytes: RssAnon is private memory; RssFile is mapped
+    files (torch's shared libraries), shared by every worker on the machine."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return float("nan")
+
+
+def snapshot() -> tuple[float, float, float, float]:
+    return current_rss(), peak_rss(), status_kb("RssAnon"), status_kb("RssFile")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=None, help="stop the epoch after this many steps")
     ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--eval-batch-size", type=int, default=2000)
+    ap.add_argument("--eval-batch-size", type=int, default=None, help="default: the trainer's (500 on CPU)")
     ap.add_argument("--widths", default="64,256,256")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archive", type=Path, default=ARCHIVE)
@@ -63,13 +77,13 @@ def main(argv=None) -> None:
     if not args.archive.is_file():
         raise SystemExit(f"no archive at {args.archive}")
 
-    phases = [("python start", current_rss(), peak_rss())]
+    phases = [("python start", snapshot())]
     import torch
 
     from optsearch.trainers.base import TrialContext, options_from
     from optsearch.trainers.cifar10 import Cifar10Options, Cifar10Trainer
 
-    phases.append(("imports (torch, optsearch)", current_rss(), peak_rss()))
+    phases.append(("imports (torch, optsearch)", snapshot()))
     tmp = tempfile.TemporaryDirectory(prefix="cifar10-cache-") if args.fresh else None
     cache_dir = tmp.name if tmp else args.cache_dir
     options = options_from(Cifar10Options, {
@@ -80,7 +94,7 @@ def main(argv=None) -> None:
     data = trainer.data()
     load_s = time.perf_counter() - t0
     phases.append((f"data loaded ({'cache' if trainer.source['from_cache'] else 'decoded'}, {load_s:.1f} s)",
-                   current_rss(), peak_rss()))
+                   snapshot()))
 
     device = torch.device(args.device)
     t0 = time.perf_counter()
@@ -88,7 +102,7 @@ def main(argv=None) -> None:
     fit_s = time.perf_counter() - t0
     steps = -(-len(data["train"][0]) // args.batch_size)
     done = steps if args.max_steps is None else min(steps, args.max_steps)
-    phases.append((f"fit: {done}/{steps} steps + val/test eval ({fit_s:.1f} s)", current_rss(), peak_rss()))
+    phases.append((f"fit: {done}/{steps} steps + val/test eval ({fit_s:.1f} s)", snapshot()))
     if tmp is not None:
         tmp.cleanup()
 
@@ -98,9 +112,9 @@ def main(argv=None) -> None:
     print(f"decoded uint8 CIFAR-10 (50,000 + 10,000 images, labels): {trainer.source['decoded_bytes'] / MB:.1f} MB; "
           f"resident splits: " + ", ".join(f"{k} {len(data[k][0])} = {b / MB:.1f} MB" for k, b in split_bytes.items())
           + f" (total {sum(split_bytes.values()) / MB:.1f} MB)")
-    print(f"{'after':58s} {'RSS MB':>8s} {'peak MB':>8s}")
-    for name, rss, peak in phases:
-        print(f"{name:58s} {rss / MB:8.0f} {peak / MB:8.0f}")
+    print(f"{'after':58s} {'RSS MB':>8s} {'peak MB':>8s} {'anon MB':>8s} {'files MB':>8s}")
+    for name, (rss, peak, anon, files) in phases:
+        print(f"{name:58s} {rss / MB:8.0f} {peak / MB:8.0f} {anon / MB:8.0f} {files / MB:8.0f}")
     print(f"metrics (short run, not accuracy figures): {result}")
 
 

@@ -61,14 +61,14 @@ class Cifar10Options:
     tta: bool = True  # average logits over horizontal flips for val_acc and test_acc
     compile: bool = False  # torch.compile the model (slow first epoch, faster after)
     channels_last: bool = True  # NHWC activations: faster on CUDA and on CPU (1.5-2x on 2 cores)
-    eval_batch_size: int = 2000
+    eval_batch_size: int | None = None  # None: 2000 on CUDA, 500 on CPU (bounds a CPU worker's peak memory)
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16; or bf16 | fp32
 
     def validate(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                yield name, "must be an integer >= 1"
+            if (v is not None or name != "eval_batch_size") and (not _is_int(v) or v < 1):
+                yield name, "must be an integer >= 1" + (" or null" if name == "eval_batch_size" else "")
         if not isinstance(self.root, str) or not self.root:
             yield "root", "must be a non-empty path"
         if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
@@ -361,7 +361,8 @@ class Cifar10Trainer:
     def evaluate(self, run: "Run", split: str) -> float:
         """Accuracy on ``"val"`` or ``"test"``, with flip TTA when ``tta`` is on."""
         o = self.options
-        return evaluate(run.forward, *run.data[split], run.normalize, o.eval_batch_size, o.tta, run.autocast)
+        batch = o.eval_batch_size or (2000 if run.data[split][0].is_cuda else 500)
+        return evaluate(run.forward, *run.data[split], run.normalize, batch, o.tta, run.autocast)
 
     def fit(self, params: dict, ctx: TrialContext, max_steps_per_epoch: int | None = None) -> dict[str, float]:
         run = self.setup(params, ctx)
