@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"optsearch: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("optsearch: interrupted", file=sys.stderr)
+        return 130
     return 1
 
 

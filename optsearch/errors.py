@@ -13,6 +13,9 @@ class ConfigError(ValueError):
         self.file = file
         super().__init__(str(self))
 
+    def __reduce__(self):  # pickles (Ray sends it from workers) with all four fields
+        return (type(self), (self.key, self.value, self.message, self.file))
+
     def with_file(self, file: str) -> "ConfigError":
         return ConfigError(self.key, self.value, self.message, file=file)
 

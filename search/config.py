@@ -174,7 +174,6 @@ class TrainerConfig:
 class WorkersConfig:
     count: int | str  # "auto" or N
     trials_per_gpu: float
-    cpus_per_trial: float
 
 
 @dataclass(frozen=True)
@@ -247,6 +246,34 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
     return doc
 
 
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
+def _storage_url(v: Any) -> str | None:
+    """An Optuna storage is an SQLAlchemy URL (sqlite:///file.db, postgresql://...)."""
+    message = _str(v)
+    if message:
+        return message
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(v)
+    except ArgumentError:
+        return "must be a database URL such as sqlite:///optsearch.db or postgresql://host/db"
+    return None
+
+
+def _tracking_uri(v: Any) -> str | None:
+    message = _str(v)
+    if message:
+        return message
+    scheme = v.split("://", 1)[0].split("+", 1)[0] if "://" in v else None
+    if scheme is not None and scheme not in TRACKING_SCHEMES:
+        return f"unknown scheme {scheme!r}; MLflow takes {list(TRACKING_SCHEMES)} or a local path"
+    return None
+
+
 def _abs_sqlite(url: str, base: Path) -> str:
     """sqlite:///relative.db -> an absolute path, so Ray processes in other dirs agree."""
     prefix = "sqlite:///"
@@ -296,7 +323,7 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
         "metric": ("val_acc", _str),
         "direction": ("maximize", _one_of("maximize", "minimize")),
         "n_trials": (20, _int(1)),
-        "storage": (DEFAULT_STORAGE, _str),
+        "storage": (DEFAULT_STORAGE, _storage_url),
         "seed": (0, _int(0)),
     })
     sampler = SamplerConfig(*_named("study.sampler", sampler_raw, SAMPLERS, "tpe"))
@@ -329,10 +356,9 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
     workers = _section("workers", doc.get("workers"), {
         "count": ("auto", _either(_one_of("auto"), _int(1))),
         "trials_per_gpu": (1, _number(0, strict=True)),
-        "cpus_per_trial": (1, _number(0, strict=True)),
     })
     tracking = _section("tracking", doc.get("tracking"), {
-        "uri": (os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING), _str),
+        "uri": (os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING), _tracking_uri),
         "experiment": (None, _optional(_str)),
         "enabled": (True, _bool),
     })

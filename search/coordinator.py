@@ -15,6 +15,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from optsearch.errors import ConfigError
 from optsearch.search import report as reports
 from optsearch.search import study as studies
 from optsearch.search.config import Config
@@ -60,20 +61,32 @@ class Coordinator:
         quiet_libraries()
         self.cfg = cfg
         self.metric = cfg.study.metric
-        self.study = studies.open_study(cfg.study, conditional=cfg.space.conditional)
-        self.abandoned = studies.abandon_stale(self.study)
-        self.finished_before = studies.finished_count(self.study)
-        self.budget = max(0, cfg.study.n_trials - self.finished_before)
         self.issued = 0
         self.running: dict[int, Running] = {}
         self.done = {"complete": 0, "pruned": 0, "failed": 0}
         self.errors: list[str] = []
         self.stopping = False
         self.best_value: float | None = None
+        self.tracker = None
+        # Bad input found here (an unreadable storage, a stored study that disagrees with
+        # the config) goes back to the driver as a ConfigError, not an actor crash.
+        self.fatal: tuple | None = None
+        try:
+            self.study = studies.open_study(cfg.study, conditional=cfg.space.conditional)
+            studies.check_matches(self.study, cfg.study)
+        except ConfigError as err:
+            self.fatal = (err.key, err.value, err.message)
+        except Exception as err:
+            self.fatal = ("study.storage", cfg.study.storage, f"cannot open the study: {type(err).__name__}: {err}")
+        if self.fatal:
+            self.abandoned, self.finished_before, self.budget = [], 0, 0
+            return
+        self.abandoned = studies.abandon_stale(self.study)
+        self.finished_before = studies.finished_count(self.study)
+        self.budget = max(0, cfg.study.n_trials - self.finished_before)
         best = reports.best_trial(self.study)
         if best is not None:
             self.best_value = best.value
-        self.tracker = None
         if cfg.tracking.enabled:
             from optsearch.search.tracking import Tracker
 
@@ -95,7 +108,10 @@ class Coordinator:
             try:
                 params = self.cfg.space.sample(trial)
             except Exception as err:  # a sampled point the builders reject: record, go on
-                self._tell(trial.number, "failed", None, {}, error=f"{type(err).__name__}: {err}")
+                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+                self.errors.append(f"trial {trial.number}: {type(err).__name__}: {err}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.done["failed"] += 1
                 continue
             trial.set_user_attr("params", params)
             self.running[trial.number] = Running(trial, worker, params)
@@ -147,7 +163,8 @@ class Coordinator:
         trial_obj = run.trial if run else number
         if error:
             self.errors.append(f"trial {number}: {error}")
-            (run.trial if run else optuna.Trial(self.study, self._trial_id(number))).set_user_attr("error", error[:2000])
+            if run is not None:
+                run.trial.set_user_attr("error", error[:2000])
         for k, v in metrics.items():
             if k != self.metric and run is not None:
                 run.trial.set_user_attr(f"final_{k}", v)
@@ -165,9 +182,6 @@ class Coordinator:
                 tags["optsearch.error"] = error[:5000]
             self.tracker.trial_finished(number, state, value, tags, run.params if run else None, budget)
 
-    def _trial_id(self, number: int) -> int:
-        return self.study.get_trials(deepcopy=False)[number]._trial_id
-
     # --- views ---------------------------------------------------------------------------
     def progress(self) -> dict:
         if self.tracker:
@@ -181,10 +195,13 @@ class Coordinator:
             "best": self.best_value,
             "stopping": self.stopping,
             "peak_rss_mb": _peak_rss_mb(),
+            "fatal": self.fatal,
         }
 
     def close(self, interrupted: bool = False) -> dict:
         """Fail what is still running, log the best trial on the parent run, and summarise."""
+        if self.fatal:
+            return {"fatal": self.fatal}
         for number, run in list(self.running.items()):
             self._tell(number, "failed", None, run.last, error="interrupted")
         best = reports.best_trial(self.study)
@@ -200,12 +217,18 @@ class Coordinator:
         if best is not None:
             summary["best"] = {"number": best.number, "value": best.value,
                                "params": best.user_attrs.get("params", best.params)}
-        studies.flush_study(self.study)  # the persistent store holds every trial before we return
-        if self.tracker:
-            if best is not None:
-                self._log_best(best)
-            info = self.tracker.close("KILLED" if interrupted else "FINISHED")
-            summary["tracking"] = {**info, "uri": self.cfg.tracking.uri}
+        try:
+            studies.flush_study(self.study)  # the persistent store holds every trial before we return
+        except Exception as err:
+            summary["errors"].append(f"saving to {self.cfg.study.storage}: {err}")
+        finally:
+            if self.tracker:
+                try:
+                    if best is not None:
+                        self._log_best(best)
+                finally:
+                    info = self.tracker.close("KILLED" if interrupted else "FINISHED")
+                    summary["tracking"] = {**info, "uri": self.cfg.tracking.uri}
         return summary
 
     def _log_best(self, best: optuna.trial.FrozenTrial) -> None:

@@ -24,7 +24,8 @@ from optsearch.spaces.params import resolve
 FORMATS = ("python", "yaml", "json")
 
 
-def _load(storage: str, study_name: str) -> optuna.Study:
+def load_study(storage: str, study_name: str) -> optuna.Study:
+    """A stored study, or a one-line ConfigError (never a new empty database)."""
     if isinstance(storage, str) and storage.startswith("sqlite:///"):
         path = storage[len("sqlite:///"):].split("?", 1)[0]
         if path and path != ":memory:" and not os.path.exists(path):
@@ -67,7 +68,7 @@ def export_trial(storage: str, study_name: str, trial_number: int | None = None,
     """
     if fmt not in FORMATS:
         raise ConfigError("--format", fmt, f"must be one of {list(FORMATS)}")
-    study = _load(storage, study_name)
+    study = load_study(storage, study_name)
     trial = _pick(study, study_name, trial_number)
     params = trial.user_attrs.get("params")
     if params is None:

@@ -133,14 +133,9 @@ def compare(groups: dict[str, list[optuna.trial.FrozenTrial]], maximize: bool = 
 
 def compare_studies(storage: str, names: list[str], by: str = "optimizer") -> tuple[list[dict], bool]:
     """One study: group its trials by ``by`` (optimizer or schedule). Several: one group each."""
-    from optsearch.errors import ConfigError
+    from optsearch.search.exporting import load_study
 
-    studies = []
-    for name in names:
-        try:
-            studies.append(optuna.load_study(study_name=name, storage=storage))
-        except KeyError:
-            raise ConfigError("study", name, f"no such study in {storage}") from None
+    studies = [load_study(storage, name) for name in names]
     maximize = studies[0].direction == optuna.study.StudyDirection.MAXIMIZE
     groups: dict[str, list] = {}
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from optsearch.errors import ConfigError
 from optsearch.search.config import Config
 from optsearch.search.coordinator import Coordinator
 from optsearch.search.workers import Placement, TrialWorker, plan
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+def init_ray(address: str | None = None) -> bool:
     """Join ``address``, or start a local Ray. Returns True when this call started it."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "logging_level": "ERROR"}
-    if address is None and num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        if address is None:
+            raise
+        raise ConfigError("--ray-address", address, f"cannot join the Ray cluster: {err}") from None
     return True
+
+
+def _here() -> dict:
+    """Pin an actor to this (the driver's) node: its SQLite paths are this machine's."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
 
 
 def _progress_line(p: dict) -> str:
@@ -50,55 +59,77 @@ def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dic
     if cfg.tracking.enabled:  # MLflow's imports and store start beside the coordinator's
         from optsearch.search.tracking import writer_actor
 
-        writer = writer_actor(cfg.tracking.uri, cfg.experiment)
-    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1).remote(cfg, None, writer)
+        writer = writer_actor(cfg.tracking.uri, cfg.experiment, **_here())
+    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(cfg, None, writer)
     # Workers import torch and load their trainer while the coordinator opens the study.
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
     actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
                            [os.getcwd()]) for _ in range(placement.count)]
-    progress = ray.get(coord.progress.remote())
-    if progress["budget"] == 0:
+    interrupted = False
+    fatal: ConfigError | None = None
+    summary: dict = {}
+    n = 0
+    try:
+        progress = ray.get(coord.progress.remote())
+        if progress["fatal"]:
+            fatal = ConfigError(*progress["fatal"])
+        elif progress["budget"] == 0:
+            console.print(f"study {cfg.study.name!r} already has {progress['before']} of {cfg.study.n_trials} "
+                          "trials; raise study.n_trials (--set study.n_trials=N) to run more")
+        else:
+            n = min(placement.count, progress["budget"])
+            for a in actors[n:]:
+                ray.kill(a)
+            console.print(f"study [bold]{cfg.study.name}[/]: {progress['before']} trials stored, running "
+                          f"{progress['budget']} more on {n} {placement.kind} worker(s)")
+            fatal = _drive(coord, actors[:n], console, poll, progress["budget"])
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: stopping; finished trials are kept[/]")
+    finally:
         for a in actors:
             ray.kill(a)
-        console.print(f"study {cfg.study.name!r} already has {progress['before']} of {cfg.study.n_trials} trials; "
-                      "raise study.n_trials (--set study.n_trials=N) to run more")
-        return ray.get(coord.close.remote())
-    n = min(placement.count, progress["budget"])
-    for a in actors[n:]:
-        ray.kill(a)
-    actors = actors[:n]
-    console.print(f"study [bold]{cfg.study.name}[/]: {progress['before']} trials stored, running "
-                  f"{progress['budget']} more on {n} {placement.kind} worker(s)")
-    pending = {a.run.remote(coord, i): i for i, a in enumerate(actors)}
-    interrupted = False
-    columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("", total=progress["budget"])
         try:
-            while pending:
-                ready, _ = ray.wait(list(pending), timeout=poll)
-                for ref in ready:
-                    worker = pending.pop(ref)
-                    try:
-                        ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                        cause = getattr(err, "cause", None)
-                        reason = (f"{type(cause).__name__}: {cause}" if cause is not None
-                                  else (str(err).strip().splitlines() or ["actor died"])[-1])[:500]
-                        ray.get(coord.worker_lost.remote(worker, reason))
-                        console.print(f"[red]worker {worker} lost[/]: {reason}")
-                p = ray.get(coord.progress.remote())
-                bar.update(task, completed=p["complete"] + p["pruned"] + p["failed"], description=_progress_line(p))
+            summary = ray.get(coord.close.remote(interrupted))
         except KeyboardInterrupt:
             interrupted = True
-            console.print("[yellow]interrupted: stopping; finished trials are kept[/]")
-            for a in actors:
-                ray.kill(a)
-    summary = ray.get(coord.close.remote(interrupted))
+        except ray.exceptions.RayError as err:
+            console.print(f"[red]closing the study failed: {err}[/]")
+        if summary.get("fatal") and writer is not None:
+            ray.kill(writer)  # the study never opened: no MLflow run was started
+    if fatal is not None:
+        raise fatal
     summary["interrupted"] = interrupted
     summary["workers"] = {"count": n, "kind": placement.kind}
     return summary
+
+
+def _drive(coord, actors: list, console: Console, poll: float, budget: int) -> ConfigError | None:
+    """Run the workers to the end with a live progress bar; returns a trainer's bad-input error."""
+    pending = {a.run.remote(coord, i): i for i, a in enumerate(actors)}
+    fatal = None
+    columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("", total=budget)
+        while pending:
+            ready, _ = ray.wait(list(pending), timeout=poll)
+            for ref in ready:
+                worker = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, ConfigError):  # bad trainer input: the study stops, exit 2
+                        fatal = fatal or cause
+                        continue
+                    reason = (f"{type(cause).__name__}: {cause}" if cause is not None
+                              else (str(err).strip().splitlines() or ["actor died"])[-1])[:500]
+                    ray.get(coord.worker_lost.remote(worker, reason))
+                    console.print(f"[red]worker {worker} lost[/]: {reason}")
+            p = ray.get(coord.progress.remote())
+            bar.update(task, completed=p["complete"] + p["pruned"] + p["failed"], description=_progress_line(p))
+    return fatal
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:

@@ -106,6 +106,22 @@ def open_study(cfg: StudyConfig, mirrored: bool = True, conditional: bool = Fals
     )
 
 
+def check_matches(study: optuna.Study, cfg: StudyConfig) -> None:
+    """A stored study must keep the direction and metric it was created with."""
+    from optsearch.errors import ConfigError
+
+    direction = study.direction.name.lower()
+    if direction != cfg.direction:
+        raise ConfigError("study.direction", cfg.direction,
+                          f"study {cfg.name!r} in {cfg.storage} was created to {direction}; use another study.name")
+    stored = study.user_attrs.get("optsearch.metric")
+    if stored is None:
+        study.set_user_attr("optsearch.metric", cfg.metric)
+    elif stored != cfg.metric:
+        raise ConfigError("study.metric", cfg.metric,
+                          f"study {cfg.name!r} in {cfg.storage} optimises {stored!r}; use another study.name")
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 

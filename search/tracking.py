@@ -92,14 +92,6 @@ class MlflowWriter:
     def trial_started(self, number: int, params: dict, tags: dict[str, str]) -> None:
         self._guard("start", self._start, number, params, tags)
 
-    def trial_metrics(self, number: int, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self.runs.get(number)
-        if run_id:
-            ts = _now()
-            self._guard("metrics", self._batch, run_id, [Metric(k, float(v), ts, step) for k, v in metrics.items()])
-
     def metrics_batch(self, points: list) -> None:
         """Buffered (number, step, metrics, timestamp) points, one log_batch per run."""
         from mlflow.entities import Metric
@@ -149,7 +141,7 @@ class MlflowWriter:
     def _finish(self, number, state, value, tags, params, budget) -> None:
         from mlflow.entities import Metric, RunTag
 
-        run_id = self.runs.pop(number, None)
+        run_id = self.runs.get(number)
         if run_id is None:
             return
         now = _now()
@@ -160,8 +152,11 @@ class MlflowWriter:
 
             curves = self._guard("lr trajectory", trajectory, params, budget) or {}
             metrics += [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
-        self._batch(run_id, metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        self.client.set_terminated(run_id, STATES[state])
+        try:
+            self._batch(run_id, metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        finally:
+            self.client.set_terminated(run_id, STATES[state])
+            del self.runs[number]
 
     def _summary(self, value, number, params, budget, texts) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -225,11 +220,11 @@ class ThreadedWriter:
         return self._result
 
 
-def writer_actor(uri: str, experiment: str):
+def writer_actor(uri: str, experiment: str, **options):
     """Start the MLflow writer as its own Ray actor (no CPU reserved: it mostly waits)."""
     import ray
 
-    return ray.remote(MlflowWriter).options(num_cpus=0).remote(uri, experiment)
+    return ray.remote(MlflowWriter).options(num_cpus=0, **options).remote(uri, experiment)
 
 
 class Tracker:
@@ -289,6 +284,9 @@ class Tracker:
             return self._writer.close(status)
         import ray
 
-        info = ray.get(self._actor.close.remote(status))
-        ray.kill(self._actor)
-        return info
+        try:
+            return ray.get(self._actor.close.remote(status))
+        except ray.exceptions.RayError as err:  # the writer died: say so, keep the study's result
+            return {"experiment_id": None, "parent_run_id": None, "errors": [f"MLflow writer failed: {err}"]}
+        finally:
+            ray.kill(self._actor)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import optuna
 import ray
 
+from optsearch.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -45,6 +47,17 @@ def plan(resources: dict, count: int | str = "auto", trials_per_gpu: float = 1) 
         return Placement(n, per_gpu, num_cpus, max(1, int(cpus // n)))
     n = max(1, int(cpus // 2)) if count == "auto" else int(count)
     return Placement(n, 0.0, cpus / n, max(1, int(cpus // n)))
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    """Final metrics as floats: numpy and 0-d torch scalars too; non-numbers are dropped."""
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v.item() if hasattr(v, "item") else v)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+    return out
 
 
 class TrialWorker:
@@ -101,11 +114,15 @@ class TrialWorker:
                 metrics = self.trainer.fit(job["params"], ctx)
             except optuna.TrialPruned:
                 state = "pruned"
+            except ConfigError as err:  # bad trainer input (data root, options): stop the study
+                coordinator.finish.remote(number, "failed", {}, None, str(err))
+                coordinator.stop.remote()
+                raise
             except Exception as err:
                 state = "failed"
                 error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
             budget = None if ctx.budget is None else vars(ctx.budget)
-            clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+            clean = _floats(metrics or {})
             # Calls from one caller run in order: finish is recorded before the next ask.
             coordinator.finish.remote(number, state, clean, budget, error)
             ran += 1

@@ -74,6 +74,8 @@ BAD = [
     ("workers.count=0", "workers.count", "0"),
     ("tracking.enabled=maybe", "tracking.enabled", "'maybe'"),
     ("extra=1", "extra", "1"),
+    ("study.storage=not a url", "study.storage", "'not a url'"),
+    ("tracking.uri=foo://bar", "tracking.uri", "'foo://bar'"),
 ]
 
 
@@ -110,6 +112,13 @@ def test_cli_errors(tmp_path, monkeypatch, capsys, argv, needle):
         assert code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+
+
+def test_config_error_survives_pickling():  # Ray carries it from workers to the driver
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ConfigError("trainer.root", "/x", "missing", file="c.yaml")))
+    assert str(err) == "c.yaml: trainer.root = '/x': missing"
 
 
 def test_invalid_yaml_is_one_line(tmp_path, capsys):

@@ -212,3 +212,43 @@ def test_cifar10_config_on_cpu_against_the_shared_archive(cifar, cifar_cache_dir
         assert t.user_attrs["build"]["train_size"] == 2000
     _, parents, trials = mlflow_runs(tmp_path, "cifar10-adamw")
     assert len(parents) == 1 and len(trials) == 2
+
+
+def test_a_stored_study_keeps_its_direction_and_metric(ray_cluster, tmp_path, monkeypatch, capsys):
+    from optsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["study", "quickstart.yaml", "--set", "study.n_trials=2", "--set", "trainer.epochs=2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--set", "study.direction=minimize"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "study.direction = 'minimize': study 'quickstart'" in err
+    assert main(args + ["--set", "study.metric=test_acc"]) == 2
+    assert "study.metric = 'test_acc'" in capsys.readouterr().err
+    _, parents, _ = mlflow_runs(tmp_path, "quickstart")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # refused runs left no trace
+
+
+BAD_INPUT_TRAINER = '''
+from optsearch.errors import ConfigError
+
+def fit(params, ctx):
+    raise ConfigError("trainer.root", "/no/such/data", "no CIFAR-10 here")
+'''
+
+
+def test_bad_trainer_input_stops_the_study_with_exit_2(ray_cluster, tmp_path, monkeypatch, capsys):
+    from optsearch.cli import main
+
+    (tmp_path / "bad_input_trainer.py").write_text(BAD_INPUT_TRAINER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code = main(["study", "quickstart.yaml", "--set", "trainer={target: 'bad_input_trainer:fit'}",
+                 "--set", "study.n_trials=20"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "optsearch: error: trainer.root = '/no/such/data': no CIFAR-10 here" in err
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert 1 <= len(study.trials) <= 2  # the budget is not burnt on the same error
+    assert all(t.state == TrialState.FAIL for t in study.trials)

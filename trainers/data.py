@@ -301,9 +301,23 @@ def load_cifar10(root: str | os.PathLike = DEFAULT_ROOT,
 
 
 def _load_torchvision(source: Path, given: str) -> Cifar10Arrays:
+    import fcntl
+
+    try:
+        source.mkdir(parents=True, exist_ok=True)
+        lock = open(source / ".optsearch-download.lock", "w")
+    except OSError as err:
+        raise ConfigError("trainer.root", given, f"cannot download CIFAR-10 here: {err.strerror}") from None
+    # Workers on one machine load lazily and at once: one downloads, the others wait for it.
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _download_splits(source, given)
+
+
+def _download_splits(source: Path, given: str) -> Cifar10Arrays:
     from torchvision.datasets import CIFAR10
 
-    out = {}
+    out: dict = {}
     for split, train in (("train", True), ("test", False)):
         try:
             ds = CIFAR10(str(source), train=train, download=True)
