@@ -74,6 +74,8 @@ class Coordinator:
         try:
             self.study = studies.open_study(cfg.study, conditional=cfg.space.conditional)
             studies.check_matches(self.study, cfg.study)
+            studies.claim(self.study, cfg.study, time.time())
+            self.beat = time.monotonic()
         except ConfigError as err:
             self.fatal = (err.key, err.value, err.message)
         except Exception as err:
@@ -186,6 +188,9 @@ class Coordinator:
     def progress(self) -> dict:
         if self.tracker:
             self.tracker.tick()  # buffered epoch metrics reach MLflow within a second
+        if not self.fatal and time.monotonic() - self.beat > studies.STALE_AFTER_S / 4:
+            studies.heartbeat(self.study, time.time())  # the driver polls progress every 0.25 s
+            self.beat = time.monotonic()
         return {
             "total": self.cfg.study.n_trials,
             "before": self.finished_before,
@@ -218,6 +223,7 @@ class Coordinator:
             summary["best"] = {"number": best.number, "value": best.value,
                                "params": best.user_attrs.get("params", best.params)}
         try:
+            studies.release(self.study)
             studies.flush_study(self.study)  # the persistent store holds every trial before we return
         except Exception as err:
             summary["errors"].append(f"saving to {self.cfg.study.storage}: {err}")

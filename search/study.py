@@ -122,6 +122,41 @@ def check_matches(study: optuna.Study, cfg: StudyConfig) -> None:
                           f"study {cfg.name!r} in {cfg.storage} optimises {stored!r}; use another study.name")
 
 
+OWNER = "optsearch.owner"
+STALE_AFTER_S = 60.0  # an owner not heard from for this long is taken to be gone
+
+
+def me() -> dict:
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def claim(study: optuna.Study, cfg: StudyConfig, now: float) -> None:
+    """Make this process the study's single writer, or refuse while another one is alive.
+
+    The owner renews ``beat`` while it runs (``heartbeat``) and clears it on close; after a
+    crash, the claim goes stale after STALE_AFTER_S seconds.
+    """
+    from optsearch.errors import ConfigError
+
+    owner = study.user_attrs.get(OWNER)
+    if owner and {k: owner.get(k) for k in ("host", "pid")} != me() and now - owner.get("beat", 0) < STALE_AFTER_S:
+        raise ConfigError("study.name", cfg.name,
+                          f"is being run by another optsearch process (pid {owner.get('pid')} on {owner.get('host')}, "
+                          f"seen {now - owner['beat']:.0f} s ago); wait for it to end or use another study.name")
+    heartbeat(study, now)
+
+
+def heartbeat(study: optuna.Study, now: float) -> None:
+    study.set_user_attr(OWNER, {**me(), "beat": now})
+
+
+def release(study: optuna.Study) -> None:
+    study.set_user_attr(OWNER, None)
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 

@@ -252,3 +252,21 @@ def test_bad_trainer_input_stops_the_study_with_exit_2(ray_cluster, tmp_path, mo
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/optsearch.db")
     assert 1 <= len(study.trials) <= 2  # the budget is not burnt on the same error
     assert all(t.state == TrialState.FAIL for t in study.trials)
+
+
+def test_one_process_at_a_time_runs_a_study(ray_cluster, tmp_path, monkeypatch, capsys):
+    from optsearch.cli import main
+    from optsearch.search.study import OWNER
+
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path}/optsearch.db"
+    study = optuna.create_study(study_name="quickstart", storage=storage, direction="maximize")
+    study.set_user_attr(OWNER, {"host": "elsewhere", "pid": 1, "beat": time.time()})
+    args = ["study", "quickstart.yaml", "--set", "study.n_trials=1", "--set", "trainer.epochs=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is being run by another optsearch process (pid 1 on elsewhere" in err
+    study.set_user_attr(OWNER, {"host": "elsewhere", "pid": 1, "beat": time.time() - 3600})  # crashed long ago
+    assert main(args) == 0
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    assert len(study.trials) == 1 and study.user_attrs[OWNER] is None  # released at the end
