@@ -28,7 +28,6 @@ class Running:
     trial: optuna.Trial
     worker: int
     params: dict
-    started: float = field(default_factory=time.time)
     last: dict = field(default_factory=dict)
 
 
@@ -46,13 +45,10 @@ def trial_seed(study_seed: int, number: int) -> int:
 
 def quiet_libraries() -> None:
     """Optuna's per-trial INFO lines and experimental warnings would drown the progress bar."""
-    import logging
     import warnings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Coordinator:
@@ -225,6 +221,7 @@ class Coordinator:
         try:
             studies.release(self.study)
             studies.flush_study(self.study)  # the persistent store holds every trial before we return
+            studies.checkpoint_sqlite(self.cfg.study.storage)
         except Exception as err:
             summary["errors"].append(f"saving to {self.cfg.study.storage}: {err}")
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import optuna
 from optuna.trial import TrialState
 
@@ -75,6 +77,20 @@ def fast_sqlite() -> None:
             cursor.close()
 
     fast_sqlite.done = True
+
+
+def checkpoint_sqlite(url: str) -> None:
+    """Fold a WAL-mode SQLite file's log back into the file, so the ``.db`` alone holds
+    everything (a user may copy just that file) even when a killed process leaves the
+    ``-wal`` file behind."""
+    import sqlite3
+
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        path = url[len(prefix):].split("?", 1)[0]
+        if path and path != ":memory:":
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:

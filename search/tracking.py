@@ -188,6 +188,9 @@ class MlflowWriter:
         self.runs.clear()
         if self.parent_id is not None:
             self.client.set_terminated(self.parent_id, status)
+        from optsearch.search.study import checkpoint_sqlite
+
+        checkpoint_sqlite(self.uri)
 
 
 class ThreadedWriter:

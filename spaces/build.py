@@ -88,22 +88,26 @@ def recipes(params: dict, ctx: BuildContext, key: str = "params") -> tuple[dict,
     )
 
 
-def build_optimizer(params: dict, model: torch.nn.Module, ctx: BuildContext) -> torch.optim.Optimizer:
-    _, r = recipes(params, ctx)
+def _optimizer(r: Recipes, model: torch.nn.Module) -> torch.optim.Optimizer:
     return instantiate(r.optimizer, {"params": instantiate(r.groups, {"model": model})})
 
 
-def build_scheduler(params: dict, optimizer: torch.optim.Optimizer, ctx: BuildContext):
+def _scheduler(r: Recipes, optimizer: torch.optim.Optimizer, ctx: BuildContext):
     ctx = ctx.check()
-    _, r = recipes(params, ctx)
-    env = {"optimizer": optimizer, "steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs}
-    return instantiate(r.scheduler, env)
+    return instantiate(r.scheduler, {"optimizer": optimizer, "steps_per_epoch": ctx.steps_per_epoch,
+                                     "epochs": ctx.epochs})
+
+
+def build_optimizer(params: dict, model: torch.nn.Module, ctx: BuildContext) -> torch.optim.Optimizer:
+    return _optimizer(recipes(params, ctx)[1], model)
+
+
+def build_scheduler(params: dict, optimizer: torch.optim.Optimizer, ctx: BuildContext):
+    return _scheduler(recipes(params, ctx)[1], optimizer, ctx)
 
 
 def build(params: dict, model: torch.nn.Module, ctx: BuildContext):
     """The optimizer and the per-batch lr scheduler for one trial's params."""
-    ctx = ctx.check()
-    _, r = recipes(params, ctx)
-    optimizer = instantiate(r.optimizer, {"params": instantiate(r.groups, {"model": model})})
-    env = {"optimizer": optimizer, "steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs}
-    return optimizer, instantiate(r.scheduler, env)
+    r = recipes(params, ctx)[1]
+    optimizer = _optimizer(r, model)
+    return optimizer, _scheduler(r, optimizer, ctx)

@@ -42,6 +42,12 @@ def test_study_end_to_end_and_resume(ray_cluster, tmp_path):
         assert t.user_attrs["params"]["optimizer"]["name"] == "adamw"
         assert t.user_attrs["build"]["epochs"] == 4
     assert summary["best"]["value"] == study.best_value
+    import shutil
+
+    alone = tmp_path / "copy"
+    alone.mkdir()
+    shutil.copy(tmp_path / "optsearch.db", alone / "optsearch.db")  # without its -wal file
+    assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{alone}/optsearch.db").trials) == 8
 
     client, parents, trials = mlflow_runs(tmp_path)
     assert len(parents) == 1 and len(trials) == 8
