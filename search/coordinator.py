@@ -68,7 +68,7 @@ class Coordinator:
         # the config) goes back to the driver as a ConfigError, not an actor crash.
         self.fatal: tuple | None = None
         try:
-            self.study = studies.open_study(cfg.study, conditional=cfg.space.conditional)
+            self.study, self.storage = studies.open_study(cfg.study, conditional=cfg.space.conditional)
             studies.check_matches(self.study, cfg.study)
             studies.claim(self.study, cfg.study, time.time())
             self.beat = time.monotonic()
@@ -79,7 +79,7 @@ class Coordinator:
         if self.fatal:
             self.abandoned, self.finished_before, self.budget = [], 0, 0
             return
-        self.abandoned = studies.abandon_stale(self.study)
+        self.abandoned = studies.abandon_stale(self.study, self.storage)
         self.finished_before = studies.finished_count(self.study)
         self.budget = max(0, cfg.study.n_trials - self.finished_before)
         best = reports.best_trial(self.study)
@@ -220,7 +220,7 @@ class Coordinator:
                                "params": best.user_attrs.get("params", best.params)}
         try:
             studies.release(self.study)
-            studies.flush_study(self.study)  # the persistent store holds every trial before we return
+            studies.flush_study(self.storage)  # the persistent store holds every trial before we return
             studies.checkpoint_sqlite(self.cfg.study.storage)
         except Exception as err:
             summary["errors"].append(f"saving to {self.cfg.study.storage}: {err}")

@@ -11,13 +11,13 @@ escaped comments.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import optuna
 import yaml
 
 from optsearch.errors import ConfigError
+from optsearch.search import urls
 from optsearch.spaces.export import context, to_python
 from optsearch.spaces.params import resolve
 
@@ -26,11 +26,13 @@ FORMATS = ("python", "yaml", "json")
 
 def load_study(storage: str, study_name: str) -> optuna.Study:
     """A stored study, or a one-line ConfigError (never a new empty database)."""
-    if isinstance(storage, str) and storage.startswith("sqlite:///"):
-        path = storage[len("sqlite:///"):].split("?", 1)[0]
-        if path and path != ":memory:" and not os.path.exists(path):
-            # optuna would create an empty database here; say what is wrong instead
-            raise ConfigError("--storage", storage, "no such database file")
+    message = urls.problem(storage)
+    if message:
+        raise ConfigError("--storage", storage, message)
+    path = urls.sqlite_path(storage)
+    if path is not None and not path.exists():
+        # optuna would create an empty database here; say what is wrong instead
+        raise ConfigError("--storage", storage, "no such database file")
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

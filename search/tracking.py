@@ -13,8 +13,9 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
+
+from optsearch.search import urls
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def artifact_location(uri: str) -> str | None:
     """Artifacts beside a local sqlite store (MLflow 3 would otherwise use ./mlruns of the cwd)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        return (db.parent / "mlartifacts").as_uri()
-    return None
+    db = urls.sqlite_path(uri)
+    return None if db is None else (db.absolute().parent / "mlartifacts").as_uri()
 
 
 def ui_link(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
@@ -60,7 +59,7 @@ class MlflowWriter:
 
         for name in ("mlflow", "alembic"):  # mlflow sets its own INFO level on import
             logging.getLogger(name).setLevel(logging.WARNING)
-        if uri.startswith("sqlite:"):
+        if urls.is_sqlite(uri):
             fast_sqlite()  # this process is the tracking store's only writer
         self.uri = uri
         self.experiment = experiment

@@ -67,3 +67,43 @@ def test_flush_reports_failed_writes(tmp_path):
     storage._later(lambda: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(RuntimeError, match="disk full"):
         storage.flush()
+
+
+def test_callers_see_the_mirrors_ids_everywhere(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    other = optuna.create_study(study_name="other", storage=url)  # in the file, not yet in memory
+    other.optimize(_objective, n_trials=2, catch=(ValueError,))
+    left = other.ask()  # a trial left RUNNING: it can still be written through the mirror
+    storage = MirroredStorage(make_storage(url))
+    mine = optuna.create_study(study_name="mine", storage=storage)
+    mine.ask()
+    # (that get_all_studies reports these same ids is checked by test_storage_contract.py)
+    assert sorted(s.study_name for s in storage.get_all_studies()) == ["mine", "other"]
+    ids = {name: storage.get_study_id_from_name(name) for name in ("mine", "other")}
+    assert all(storage.get_study_name_from_id(study_id) == name for name, study_id in ids.items())
+    assert len(storage.get_all_trials(ids["other"])) == 3
+    optuna.load_study(study_name="other", storage=storage).tell(left.number, state=TrialState.FAIL)
+    storage.close()
+    assert optuna.load_study(study_name="other", storage=url).trials[-1].state == TrialState.FAIL
+    with pytest.raises(RuntimeError, match="closed"):
+        mine.ask()
+    storage.close()  # a second close does nothing
+
+
+def test_a_pickled_mirror_keeps_ids_and_writes_to_the_same_file(tmp_path):
+    import pickle
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = MirroredStorage(make_storage(url))
+    study = optuna.create_study(study_name="m", storage=storage)
+    study.optimize(_objective, n_trials=3, catch=(ValueError,))
+    running = study.ask()
+    copy = pickle.loads(pickle.dumps(storage))  # flushes first
+    study_id = storage.get_study_id_from_name("m")
+    assert copy.get_study_id_from_name("m") == study_id
+    assert _snapshot(copy.get_all_trials(study_id)) == _snapshot(study.get_trials())
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, running.number)
+    copy.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])  # the copy is now the writer
+    copy.close()
+    persisted = optuna.load_study(study_name="m", storage=url).trials
+    assert persisted[running.number].state == TrialState.COMPLETE and persisted[running.number].value == 1.0
