@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 def _abs_storage(url: str) -> str:
     from pathlib import Path
 
-    from optsearch.search.config import _abs_sqlite
+    from optsearch.search import urls
 
-    return _abs_sqlite(url, Path.cwd())
+    return urls.absolute(url, Path.cwd())
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -86,6 +86,8 @@ def _study(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, args.overrides)
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers", args.workers, "must be >= 1")
+    for note in cfg.notes:
+        print(f"optsearch: note: {cfg.path}: {note}", file=sys.stderr)
     if args.dry_run:
         import yaml
 

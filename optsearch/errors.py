@@ -24,3 +24,16 @@ class ConfigError(ValueError):
         if self.key:
             return f"{where}{self.key} = {self.value!r}: {self.message}"
         return f"{where}{self.message}"
+
+
+class PointRejected(ValueError):
+    """The builders reject a point that the sampler chose (say, a warmup that ends after the
+    first milestone): that trial fails with this reason and the study goes on. Not a
+    ``ConfigError``: only input the user wrote stops a study."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))

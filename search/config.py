@@ -7,135 +7,32 @@ prints it as one line and exits with 2.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from optsearch.constraints import (
+    BOOLEAN,
+    POSITIVE,
+    TEXT,
+    AnyOf,
+    Nullable,
+    Options,
+    Rule,
+    at_least,
+    check,
+    check_section,
+)
 from optsearch.errors import ConfigError
+from optsearch.search import samplers
 from optsearch.spaces.space import Space
 
 DEFAULT_STORAGE = "sqlite:///optsearch.db"
 DEFAULT_TRACKING = "sqlite:///mlflow.db"
-
-Check = Callable[[Any], "str | None"]
-
-
-# --- small checks -----------------------------------------------------------------------
-def _int(low: int | None = None) -> Check:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int):
-            return "must be an integer"
-        if low is not None and v < low:
-            return f"must be an integer >= {low}"
-        return None
-
-    return check
-
-
-def _number(low: float | None = None, strict: bool = False) -> Check:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return "must be a number"
-        if low is not None and (v <= low if strict else v < low):
-            return f"must be a number {'>' if strict else '>='} {low}"
-        return None
-
-    return check
-
-
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
-
-
-def _bool(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
-
-
-def _one_of(*allowed: Any) -> Check:
-    return lambda v: None if v in allowed else f"must be one of {list(allowed)}"
-
-
-def _optional(check: Check) -> Check:
-    return lambda v: None if v is None else check(v)
-
-
-def _either(*checks: Check) -> Check:
-    def check(v: Any) -> str | None:
-        messages = [c(v) for c in checks]
-        return None if any(m is None for m in messages) else " or ".join(m for m in messages if m)
-
-    return check
-
-
-def _section(key: str, raw: Any, schema: dict[str, tuple[Any, Check]]) -> dict[str, Any]:
-    """Validate a mapping against {name: (default, check)}; returns defaults filled in."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(key, raw, "must be a mapping")
-    for k, v in raw.items():
-        if k not in schema:
-            raise ConfigError(f"{key}.{k}", v, f"unknown key; allowed: {sorted(schema)}")
-    out = {}
-    for k, (default, check) in schema.items():
-        v = raw.get(k, default)
-        message = check(v)
-        if message:
-            raise ConfigError(f"{key}.{k}", v, message)
-        out[k] = v
-    return out
-
-
-# --- samplers and pruners ----------------------------------------------------------------
-_SEED = (0, _optional(_int(0)))
-SAMPLERS: dict[str, dict[str, tuple[Any, Check]]] = {
-    "tpe": {
-        "seed": _SEED,
-        "n_startup_trials": (10, _int(0)),
-        "multivariate": (True, _bool),
-        "group": ("auto", _either(_one_of("auto"), _bool)),  # auto: only for conditional spaces
-        "constant_liar": (True, _bool),
-    },
-    "random": {"seed": _SEED},
-    "qmc": {"seed": _SEED, "qmc_type": ("sobol", _one_of("sobol", "halton")), "scramble": (True, _bool)},
-}
-PRUNERS: dict[str, dict[str, tuple[Any, Check]]] = {
-    "none": {},
-    "median": {"n_startup_trials": (5, _int(0)), "n_warmup_steps": (2, _int(0)), "interval_steps": (1, _int(1))},
-    "successive_halving": {
-        "min_resource": ("auto", _either(_one_of("auto"), _int(1))),
-        "reduction_factor": (4, _int(2)),
-        "min_early_stopping_rate": (0, _int(0)),
-    },
-    "hyperband": {
-        "min_resource": (1, _int(1)),
-        "max_resource": ("auto", _either(_one_of("auto"), _int(1))),
-        "reduction_factor": (3, _int(2)),
-    },
-}
-
-
-def _named(key: str, raw: Any, registry: dict[str, dict], default: str) -> tuple[str, dict]:
-    if raw is None:
-        raw = {"name": default}
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, dict):
-        raise ConfigError(key, raw, "must be a name or a mapping with 'name'")
-    raw = dict(raw)
-    name = raw.pop("name", default)
-    if name not in registry:
-        raise ConfigError(f"{key}.name", name, f"unknown; known: {sorted(registry)}")
-    for k, v in raw.items():
-        if k not in registry[name]:
-            allowed = sorted(registry[name]) or "none"
-            raise ConfigError(f"{key}.{k}", v, f"not an option of {key.split('.')[-1]} '{name}' (its options: {allowed})")
-    return name, _section(key, raw, registry[name])
 
 
 # --- config objects ----------------------------------------------------------------------
@@ -192,6 +89,7 @@ class Config:
     workers: WorkersConfig
     tracking: TrackingConfig
     raw: dict  # the document after --set overrides (logged with every study)
+    notes: tuple[str, ...] = ()  # what the user should know: points the builders reject, ...
 
     @property
     def experiment(self) -> str:
@@ -251,21 +149,13 @@ TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "
 
 def _storage_url(v: Any) -> str | None:
     """An Optuna storage is an SQLAlchemy URL (sqlite:///file.db, postgresql://...)."""
-    message = _str(v)
-    if message:
-        return message
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from optsearch.search import urls
 
-    try:
-        make_url(v)
-    except ArgumentError:
-        return "must be a database URL such as sqlite:///optsearch.db or postgresql://host/db"
-    return None
+    return TEXT.message(v) or urls.problem(v)
 
 
 def _tracking_uri(v: Any) -> str | None:
-    message = _str(v)
+    message = TEXT.message(v)
     if message:
         return message
     scheme = v.split("://", 1)[0].split("+", 1)[0] if "://" in v else None
@@ -276,10 +166,9 @@ def _tracking_uri(v: Any) -> str | None:
 
 def _abs_sqlite(url: str, base: Path) -> str:
     """sqlite:///relative.db -> an absolute path, so Ray processes in other dirs agree."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):] != ":memory:":
-        return prefix + str((base / url[len(prefix):]).resolve())
-    return url
+    from optsearch.search import urls
+
+    return urls.absolute(url, base)
 
 
 def load(name: str, overrides: list[str] | None = None, cwd: Path | None = None) -> Config:
@@ -307,6 +196,10 @@ def load(name: str, overrides: list[str] | None = None, cwd: Path | None = None)
         raise err.with_file(str(path)) from None
 
 
+STORAGE_URL = Rule(_storage_url, "a database URL")
+TRACKING_URI = Rule(_tracking_uri, "an MLflow tracking URI")
+
+
 def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Config:
     cwd = cwd or Path.cwd()
     for k, v in doc.items():
@@ -316,18 +209,16 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
     raw_study = doc.get("study") or {}
     if not isinstance(raw_study, dict):
         raise ConfigError("study", raw_study, "must be a mapping")
-    raw_study = dict(raw_study)
-    sampler_raw, pruner_raw = raw_study.pop("sampler", None), raw_study.pop("pruner", None)
-    study = _section("study", raw_study, {
-        "name": (Path(path).stem, _str),
-        "metric": ("val_acc", _str),
-        "direction": ("maximize", _one_of("maximize", "minimize")),
-        "n_trials": (20, _int(1)),
-        "storage": (DEFAULT_STORAGE, _storage_url),
-        "seed": (0, _int(0)),
-    })
-    sampler = SamplerConfig(*_named("study.sampler", sampler_raw, SAMPLERS, "tpe"))
-    pruner = PrunerConfig(*_named("study.pruner", pruner_raw, PRUNERS, "median"))
+    study = check_section("study", raw_study, {
+        "name": (Path(path).stem, TEXT),
+        "metric": ("val_acc", TEXT),
+        "direction": ("maximize", Options("maximize", "minimize")),
+        "n_trials": (20, at_least(1)),
+        "storage": (DEFAULT_STORAGE, STORAGE_URL),
+        "seed": (0, at_least(0)),
+    }, ignore=("sampler", "pruner"))
+    sampler = SamplerConfig(*samplers.parse("study.sampler", raw_study.get("sampler"), "sampler", "tpe"))
+    pruner = PrunerConfig(*samplers.parse("study.pruner", raw_study.get("pruner"), "pruner", "median"))
     study["storage"] = _abs_sqlite(study["storage"], cwd)
     study_cfg = StudyConfig(sampler=sampler, pruner=pruner, **study)
 
@@ -342,25 +233,27 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
     tname, target = options.pop("name", None), options.pop("target", None)
     if (tname is None) == (target is None):
         raise ConfigError("trainer", raw_trainer, "give exactly one of 'name' (built-in) or 'target' ('pkg.mod:fit')")
-    if tname is not None and not isinstance(tname, str):
-        raise ConfigError("trainer.name", tname, "must be a string")
-    if target is not None and not isinstance(target, str):
-        raise ConfigError("trainer.target", target, "must be a string 'pkg.mod:fit'")
-    from optsearch.trainers.registry import check_options
+    if tname is not None:
+        check("trainer.name", tname, TEXT)
+    if target is not None:
+        check("trainer.target", target, TEXT)
+    from optsearch.trainers.registry import check_options, planned_budget
 
     check_options(tname, target, options)
     trainer_cfg = TrainerConfig(tname, target, options)
 
     space = Space.from_config(doc.get("space"))
+    budget = planned_budget(tname, target, options)
+    notes = list(space.notes) + (space.rejections(budget) if budget is not None else [])
 
-    workers = _section("workers", doc.get("workers"), {
-        "count": ("auto", _either(_one_of("auto"), _int(1))),
-        "trials_per_gpu": (1, _number(0, strict=True)),
+    workers = check_section("workers", doc.get("workers"), {
+        "count": ("auto", AnyOf(Options("auto"), at_least(1))),
+        "trials_per_gpu": (1, POSITIVE),
     })
-    tracking = _section("tracking", doc.get("tracking"), {
-        "uri": (os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING), _tracking_uri),
-        "experiment": (None, _optional(_str)),
-        "enabled": (True, _bool),
+    tracking = check_section("tracking", doc.get("tracking"), {
+        "uri": (os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING), TRACKING_URI),
+        "experiment": (None, Nullable(TEXT)),
+        "enabled": (True, BOOLEAN),
     })
     tracking["uri"] = _abs_sqlite(tracking["uri"], cwd)
     return Config(
@@ -371,4 +264,5 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
         workers=WorkersConfig(**workers),
         tracking=TrackingConfig(**tracking),
         raw=doc,
+        notes=tuple(notes),
     )

@@ -11,7 +11,9 @@ from optuna.trial import TrialState
 def trajectory(params: dict, budget: dict, max_points: int = 500) -> dict[str, list[tuple[int, float]]]:
     """The lr (and momentum/beta1) at each optimizer step of a whole run, subsampled.
 
-    Rebuilt from the params and the trial's budget through the same builders the trial used.
+    Rebuilt from the params and the trial's budget through the same builders the trial used,
+    on a one-weight model without param-group multipliers: the curve of the ``lr`` knob
+    itself (a head or layer group's lr is this times its multiplier).
     """
     import torch
 
@@ -19,7 +21,7 @@ def trajectory(params: dict, budget: dict, max_points: int = 500) -> dict[str, l
 
     ctx = BuildContext(**budget)
     model = torch.nn.Sequential(torch.nn.Linear(1, 1))
-    optimizer, scheduler = build(params, model, ctx)
+    optimizer, scheduler = build({**params, "param_groups": {}}, model, ctx)
     total = ctx.steps_per_epoch * ctx.epochs
     every = max(1, -(-total // max_points))
     lr: list[tuple[int, float]] = []

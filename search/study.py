@@ -7,6 +7,7 @@ import contextlib
 import optuna
 from optuna.trial import TrialState
 
+from optsearch.search import samplers, urls
 from optsearch.search.config import PrunerConfig, SamplerConfig, StudyConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -18,38 +19,11 @@ def make_sampler(cfg: SamplerConfig, conditional: bool = False) -> optuna.sample
     TPE's ``group`` mode models such spaces per group of co-occurring params; it costs a
     pass over every trial per ask, so ``group: auto`` enables it only where it matters.
     """
-    o = cfg.options
-    if cfg.name == "tpe":
-        group = conditional if o["group"] == "auto" else o["group"]
-        return optuna.samplers.TPESampler(
-            seed=o["seed"], n_startup_trials=o["n_startup_trials"], multivariate=o["multivariate"],
-            group=group and o["multivariate"], constant_liar=o["constant_liar"],
-        )
-    if cfg.name == "random":
-        return optuna.samplers.RandomSampler(seed=o["seed"])
-    if cfg.name == "qmc":
-        return optuna.samplers.QMCSampler(seed=o["seed"], qmc_type=o["qmc_type"], scramble=o["scramble"])
-    raise ValueError(cfg.name)
+    return samplers.make("sampler", cfg.name, cfg.options, conditional)
 
 
 def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    o = cfg.options
-    if cfg.name == "none":
-        return optuna.pruners.NopPruner()
-    if cfg.name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=o["n_startup_trials"], n_warmup_steps=o["n_warmup_steps"], interval_steps=o["interval_steps"]
-        )
-    if cfg.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=o["min_resource"], reduction_factor=o["reduction_factor"],
-            min_early_stopping_rate=o["min_early_stopping_rate"],
-        )
-    if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=o["min_resource"], max_resource=o["max_resource"], reduction_factor=o["reduction_factor"]
-        )
-    raise ValueError(cfg.name)
+    return samplers.make("pruner", cfg.name, cfg.options)
 
 
 def fast_sqlite() -> None:
@@ -82,28 +56,31 @@ def fast_sqlite() -> None:
 def checkpoint_sqlite(url: str) -> None:
     """Fold a WAL-mode SQLite file's log back into the file, so the ``.db`` alone holds
     everything (a user may copy just that file) even when a killed process leaves the
-    ``-wal`` file behind."""
+    ``-wal`` file behind. Anything but an existing SQLite file is left alone."""
     import sqlite3
 
-    prefix = "sqlite:///"
-    if url.startswith(prefix):
-        path = url[len(prefix):].split("?", 1)[0]
-        if path and path != ":memory:":
-            with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = urls.sqlite_path(url)
+    if path is not None and path.exists():
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite:"):
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    """The Optuna storage behind an SQLAlchemy URL (the only kind a config accepts)."""
+    engine_kwargs = {}
+    if urls.is_sqlite(url):
         fast_sqlite()
         # One writer (the coordinator) holds the file; a timeout covers readers like `export`.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
-    return optuna.storages.get_storage(url)
+        engine_kwargs = {"connect_args": {"timeout": 30}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def open_study(cfg: StudyConfig, mirrored: bool = True, conditional: bool = False) -> optuna.Study:
+def open_study(cfg: StudyConfig, mirrored: bool = True,
+               conditional: bool = False) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """Create the study, or load it when it exists: re-running a config resumes it.
 
+    Returns the study and the storage it was opened on (``abandon_stale`` and
+    ``flush_study`` take that storage: ``optuna.Study`` does not expose its own).
     ``mirrored``: serve reads from memory and write behind (``storage.MirroredStorage``);
     only for the study's single writer, the coordinator. Call ``flush_study`` before exit.
     """
@@ -112,7 +89,7 @@ def open_study(cfg: StudyConfig, mirrored: bool = True, conditional: bool = Fals
         from optsearch.search.storage import MirroredStorage
 
         storage = MirroredStorage(storage)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=cfg.name,
         storage=storage,
         sampler=make_sampler(cfg.sampler, conditional),
@@ -120,6 +97,7 @@ def open_study(cfg: StudyConfig, mirrored: bool = True, conditional: bool = Fals
         direction=cfg.direction,
         load_if_exists=True,
     )
+    return study, storage
 
 
 def check_matches(study: optuna.Study, cfg: StudyConfig) -> None:
@@ -177,24 +155,26 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def abandon_stale(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by an earlier, interrupted invocation: mark them FAIL.
+def abandon_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Trials left RUNNING by an earlier, interrupted invocation: tag them ``abandoned`` and
+    mark them FAIL; returns their numbers. ``storage``: the one ``study`` was opened on.
 
     The coordinator is the study's only writer, so a RUNNING trial at start-up has no owner.
     """
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    study_id = storage.get_study_id_from_name(study.study_name)
     numbers = []
-    for t in stale:
-        if t.state == TrialState.WAITING:
-            continue  # enqueued trials stay queued
-        study._storage.set_trial_user_attr(t._trial_id, "abandoned", True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # WAITING (enqueued) stays queued
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                    "abandoned", True)
         study.tell(t.number, state=TrialState.FAIL)
         numbers.append(t.number)
     return numbers
 
 
-def flush_study(study: optuna.Study) -> None:
-    """Wait until a mirrored study's writes reached its persistent storage."""
-    flush = getattr(study._storage, "flush", None)
-    if flush is not None:
-        flush()
+def flush_study(storage: optuna.storages.BaseStorage) -> None:
+    """Wait until a mirrored storage's writes reached its persistent storage (others write
+    through at once)."""
+    from optsearch.search.storage import MirroredStorage
+
+    if isinstance(storage, MirroredStorage):
+        storage.flush()

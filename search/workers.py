@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import optuna
 import ray
 
-from optsearch.errors import ConfigError
+from optsearch.errors import ConfigError, PointRejected
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,9 @@ class TrialWorker:
                 metrics = self.trainer.fit(job["params"], ctx)
             except optuna.TrialPruned:
                 state = "pruned"
-            except ConfigError as err:  # bad trainer input (data root, options): stop the study
+            except PointRejected as err:  # the sampled point, not the config: this trial fails
+                state, error = "failed", str(err)
+            except ConfigError as err:  # bad input the user wrote (data root, options): stop the study
                 coordinator.finish.remote(number, "failed", {}, None, str(err))
                 coordinator.stop.remote()
                 raise

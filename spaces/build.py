@@ -8,7 +8,6 @@ very same trees as source.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -17,9 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads when a recipe is instantiated, not when params are sampled
     import torch
 
-from optsearch.errors import ConfigError
+from optsearch.constraints import at_least, check
 from optsearch.spaces.groups import param_groups
-from optsearch.spaces.optimizers import VARIANTS, effective_weight_decay
+from optsearch.spaces.optimizers import VARIANTS, decay_setting
 from optsearch.spaces.params import check_budget, resolve
 from optsearch.spaces.recipe import Call, Ref, instantiate
 from optsearch.spaces.schedules import SCHEDULES
@@ -31,16 +30,18 @@ class BuildContext:
 
     steps_per_epoch: int
     epochs: int
-    batch_size: int = 1
-    train_size: int = 1
+    batch_size: int | None = None  # needed by weight_decay_norm only
+    train_size: int | None = None
 
     def check(self, key: str = "build") -> "BuildContext":
         """This context with plain ints (numpy ints accepted); ``ConfigError`` if not >= 1."""
         values = {}
         for name in ("steps_per_epoch", "epochs", "batch_size", "train_size"):
             v = getattr(self, name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{key}.{name}", v, "must be an integer >= 1")
+            if v is None and name in ("batch_size", "train_size"):
+                values[name] = None
+                continue
+            check(f"{key}.{name}", v, at_least(1))
             values[name] = int(v)
         return BuildContext(**values)
 
@@ -54,11 +55,8 @@ class Recipes(NamedTuple):
 def group_kwargs(params: dict, ctx: BuildContext) -> dict[str, Any]:
     """Arguments of ``param_groups`` (after the model) for these params."""
     opt = params["optimizer"]
-    return {
-        "lr": opt["lr"],
-        "weight_decay": effective_weight_decay(opt, ctx),
-        **params.get("param_groups", {}),
-    }
+    weight_decay, per_lr = decay_setting(opt, ctx)
+    return {"lr": opt["lr"], "weight_decay": weight_decay, **params.get("param_groups", {}), "lr_free_decay": per_lr}
 
 
 def groups_recipe(params: dict, ctx: BuildContext) -> Call:

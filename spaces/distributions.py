@@ -1,20 +1,28 @@
-"""A tunable number is a constant or a distribution; each becomes one ``trial.suggest_*``.
+"""A tunable number is a constant or an Optuna distribution; each becomes one ``trial.suggest_*``.
 
 Spec forms (YAML):
   0.9                                   constant
-  {low: 1e-4, high: 1e-2, log: true}    float (int when low and high are both ints)
+  {low: 1.0e-4, high: 1.0e-2, log: true} float (int when low and high are both ints)
   {low: 1, high: 8, step: 1}            int with a step
   {choices: [1, 2, 5]}                  categorical
   {one_minus: SPEC}                     1 - x, x drawn from SPEC (beta1/beta2 near 1)
+
+The ranges are Optuna's own ``FloatDistribution`` / ``IntDistribution`` /
+``CategoricalDistribution``: Optuna checks them (``low <= high``, ``log`` needs ``low > 0``,
+no ``step`` with ``log``) and its message becomes the one-line error. A range that Optuna
+would silently shrink to fit its step (``[0, 1]`` with step 0.3 becomes ``[0, 0.9]``) is an
+error too: a knob samples exactly the range written.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Union
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optsearch.errors import ConfigError
 
@@ -33,42 +41,24 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class Float:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
+class Searched:
+    """One Optuna distribution, sampled under the knob's name."""
 
-    def sample(self, trial: optuna.Trial, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
-
-    def values(self) -> list:
-        return [self.low, self.high]
-
-
-@dataclass(frozen=True)
-class Int:
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-
-    def sample(self, trial: optuna.Trial, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
-
-    def values(self) -> list:
-        return [self.low, self.high]
-
-
-@dataclass(frozen=True)
-class Categorical:
-    choices: tuple
+    dist: BaseDistribution
 
     def sample(self, trial: optuna.Trial, name: str) -> Any:
-        return trial.suggest_categorical(name, list(self.choices))
+        d = self.dist
+        if isinstance(d, CategoricalDistribution):
+            return trial.suggest_categorical(name, list(d.choices))
+        if isinstance(d, IntDistribution):
+            return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
 
     def values(self) -> list:
-        return list(self.choices)
+        """The values that bound what the sampler can choose: a range's ends, every choice."""
+        if isinstance(self.dist, CategoricalDistribution):
+            return list(self.dist.choices)
+        return [self.dist.low, self.dist.high]
 
 
 @dataclass(frozen=True)
@@ -82,12 +72,26 @@ class OneMinus:
         return [1.0 - v for v in self.inner.values()]
 
 
-Distribution = Union[Constant, Float, Int, Categorical, OneMinus]
+Distribution = Union[Constant, Searched, OneMinus]
 
 
-def _number(key: str, value: Any, what: str) -> float:
+def is_searched(d: Distribution) -> bool:
+    return not isinstance(d, Constant)
+
+
+def _optuna(key: str, spec: Any, make) -> BaseDistribution:
+    """Build an Optuna distribution; its checks' messages become ConfigErrors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. a range Optuna would shrink to fit its step
+        try:
+            return make()
+        except (ValueError, UserWarning) as err:
+            raise ConfigError(key, spec, str(err).strip().splitlines()[0]) from None
+
+
+def _number(key: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}.{what}", value, "must be a finite number")
+        raise ConfigError(key, value, "must be a finite number")
     return value
 
 
@@ -104,46 +108,33 @@ def parse(key: str, spec: Any) -> Distribution:
     keys = set(spec)
     if keys == {"one_minus"}:
         inner = parse(f"{key}.one_minus", spec["one_minus"])
-        bad = [v for v in inner.values() if not isinstance(v, (int, float)) or isinstance(v, bool)]
-        if bad:
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in inner.values()):
             raise ConfigError(f"{key}.one_minus", spec["one_minus"], "must be numeric")
         return OneMinus(inner)
     if "choices" in keys:
-        extra = keys - {"choices"}
+        extra = sorted(keys - {"choices"})
         if extra:
-            k = sorted(extra)[0]
-            raise ConfigError(f"{key}.{k}", spec[k], "unknown key beside 'choices'")
+            raise ConfigError(f"{key}.{extra[0]}", spec[extra[0]], "unknown key beside 'choices'")
         choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{key}.choices", choices, "must be a non-empty list")
-        for c in choices:
-            if not isinstance(c, _SCALARS):
-                raise ConfigError(f"{key}.choices", choices, "choices must be numbers, strings, booleans or null")
-        return Categorical(tuple(choices))
+        if not isinstance(choices, list) or not all(isinstance(c, _SCALARS) for c in choices):
+            raise ConfigError(f"{key}.choices", choices, "must be a list of numbers, strings, booleans or null")
+        return Searched(_optuna(f"{key}.choices", choices, lambda: CategoricalDistribution(choices)))
     allowed = {"low", "high", "log", "step"}
-    extra = keys - allowed
+    extra = sorted(keys - allowed)
     if extra:
-        k = sorted(extra)[0]
-        raise ConfigError(f"{key}.{k}", spec[k], f"unknown key; a distribution takes {sorted(allowed)}, 'choices' or 'one_minus'")
-    for need in ("low", "high"):
-        if need not in spec:
-            raise ConfigError(key, spec, f"a range needs both 'low' and 'high' (missing '{need}')")
-    low = _number(key, spec["low"], "low")
-    high = _number(key, spec["high"], "high")
+        raise ConfigError(f"{key}.{extra[0]}", spec[extra[0]],
+                          f"unknown key; a distribution takes {sorted(allowed)}, 'choices' or 'one_minus'")
+    missing = [k for k in ("low", "high") if k not in spec]
+    if missing:
+        raise ConfigError(key, spec, f"a range needs both 'low' and 'high' (missing '{missing[0]}')")
+    low, high = _number(f"{key}.low", spec["low"]), _number(f"{key}.high", spec["high"])
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"{key}.log", log, "must be true or false")
-    if low > high:
-        raise ConfigError(f"{key}.low", low, f"is greater than high ({high})")
-    if log and low <= 0:
-        raise ConfigError(f"{key}.low", low, "a log range needs low > 0")
     step = spec.get("step")
     if step is not None:
-        step = _number(key, step, "step")
-        if step <= 0:
-            raise ConfigError(f"{key}.step", step, "must be positive")
-        if log:
-            raise ConfigError(f"{key}.step", step, "cannot be combined with log: true")
+        _number(f"{key}.step", step)
     if isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int)):
-        return Int(low, high, log, step or 1)
-    return Float(float(low), float(high), log, None if step is None else float(step))
+        return Searched(_optuna(key, spec, lambda: IntDistribution(low, high, log=log, step=step or 1)))
+    return Searched(_optuna(key, spec, lambda: FloatDistribution(
+        float(low), float(high), log=log, step=None if step is None else float(step))))

@@ -16,7 +16,7 @@ from typing import Any
 
 from optsearch.errors import ConfigError
 from optsearch.spaces.build import BuildContext, recipes
-from optsearch.spaces.optimizers import effective_weight_decay
+from optsearch.spaces.optimizers import decoupled, normalized_decay
 from optsearch.spaces.recipe import functions, render
 
 ALIASES = {"torch.optim.lr_scheduler": "lr_scheduler"}
@@ -62,10 +62,16 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
     opt = resolved["optimizer"]
 
     funcs = []
+
+    def need(f: Any) -> None:  # a function, after the helpers it lists in __helpers__
+        for helper in getattr(f, "__helpers__", ()):
+            need(helper)
+        if f not in funcs:
+            funcs.append(f)
+
     for node in r:
         for f in functions(node):
-            if f not in funcs:
-                funcs.append(f)
+            need(f)
 
     out = [
         "# Exported by optsearch: one trial's optimizer, param groups and per-batch lr schedule.",
@@ -93,11 +99,13 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
         out += ["", _source(f)]
     wd_note = []
     if opt.get("weight_decay_norm") is not None:
-        wd = effective_weight_decay(opt, ctx)
+        wd = normalized_decay(opt, ctx)
         wd_note = [
             "    # normalized weight decay: weight_decay_norm * sqrt(batch_size / (train_size * epochs))",
             f"    #   = {opt['weight_decay_norm']!r} * sqrt({ctx.batch_size!r} / ({ctx.train_size!r} * {ctx.epochs!r}))"
             f" = {wd!r}",
+            ("    # a per-step decay rate: each group's weight_decay is this / its lr (lr_free_decay)" if decoupled(opt)
+             else "    # the L2 coefficient"),
         ]
     out += [
         "",

@@ -11,9 +11,13 @@ every group its own ``weight_decay``: the knob's value, or 0 for biases and norm
 when ``no_decay_bias_norm``); every torch optimizer here reads ``weight_decay`` per group.
 The constructor's ``weight_decay`` is the same value, written for the reader.
 
-``weight_decay_norm`` (AdamW paper, sec. B.1): when set, weight_decay =
-weight_decay_norm * sqrt(batch_size / (train_size * epochs)), so decay is comparable across
-budgets.
+``weight_decay_norm`` (AdamW paper, sec. B.1): when set, it replaces ``weight_decay`` with
+``lambda = weight_decay_norm * sqrt(batch_size / (train_size * epochs))``, so decay is
+comparable across budgets. For the decoupled variants ``lambda`` is the paper's per-step
+rate, independent of the lr: each step multiplies a decayed weight by ``1 - eta_t * lambda``
+(``eta_t``: the schedule's multiplier, 1 at its peak), so every group gets torch's
+``weight_decay = lambda / (group lr)``. For L2 variants ``lambda`` is the L2 coefficient.
+The trainer must pass ``batch_size`` and ``train_size`` to ``ctx.build`` (else an error).
 
 ``wd_schedule`` (decoupled variants only):
 
@@ -35,15 +39,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optsearch.spaces.components import (
-    Component,
-    Knob,
-    boolean,
-    nonneg,
-    one_of,
-    positive,
-    unit_left_open,
-)
+from optsearch.constraints import BOOLEAN, NONNEGATIVE, POSITIVE, UNIT_LEFT_CLOSED, Nullable, Options
+from optsearch.errors import ConfigError
+from optsearch.spaces.components import Component, Knob
 from optsearch.spaces.recipe import Call, Ref
 
 
@@ -75,48 +73,62 @@ def hold_weight_decay(optimizer):
     return optimizer
 
 
-def _optional_nonneg(v: Any) -> str | None:
-    return None if v is None else nonneg(v)
-
-
-def _l2_only(v: Any) -> str | None:
-    if v == "coupled":
-        return None
-    return ("must be 'coupled': L2 decay goes through the gradient (momentum, Adam's scaling), "
-            "so there is no decay rate to hold constant; use a decoupled variant (adamw, nadamw, "
-            "amsgrad with decoupled: true)")
-
-
 _COMMON = {
-    "weight_decay_norm": Knob(None, _optional_nonneg, "normalized decay; overrides weight_decay when set"),
+    "weight_decay_norm": Knob(None, Nullable(NONNEGATIVE),
+                              "normalized decay (AdamW paper, B.1); replaces weight_decay when set"),
+    "wd_schedule": Knob("coupled", Options("coupled", "constant"),
+                        "coupled: the decay follows the lr schedule (torch); constant: held at its peak rate"),
 }
-_DECOUPLED_SCHEDULE = {
-    "wd_schedule": Knob("coupled", one_of("coupled", "constant"),
-                        "coupled: decay lr_t*wd follows the lr schedule (torch); constant: held at lr*wd"),
-}
-_L2_SCHEDULE = {"wd_schedule": Knob("coupled", _l2_only, "L2 decay always follows the lr")}
 _ADAM = {
-    "lr": Knob(1e-3, positive),
-    "beta1": Knob(0.9, unit_left_open),
-    "beta2": Knob(0.999, unit_left_open),
-    "eps": Knob(1e-8, positive, "up to 1: large eps moves Adam towards SGD+momentum"),
+    "lr": Knob(1e-3, POSITIVE),
+    "beta1": Knob(0.9, UNIT_LEFT_CLOSED),
+    "beta2": Knob(0.999, UNIT_LEFT_CLOSED),
+    "eps": Knob(1e-8, POSITIVE, "up to 1: large eps moves Adam towards SGD+momentum"),
 }
 
 
-def effective_weight_decay(p: dict, ctx: Any) -> float:
-    """The decay the optimizer gets: plain, or normalized by the training budget."""
-    if p.get("weight_decay_norm") is None:
-        return p["weight_decay"]
+def decoupled(p: dict) -> bool:
+    """Whether these (resolved) variant params decay the weights directly (AdamW-style)
+    rather than through an L2 term in the gradient."""
+    return p["name"] in ("adamw", "nadamw") or (p["name"] == "amsgrad" and p["decoupled"])
+
+
+def normalized_decay(p: dict, ctx: Any) -> float:
+    """``weight_decay_norm * sqrt(batch_size / (train_size * epochs))`` (AdamW paper, B.1)."""
+    if ctx.batch_size is None or ctx.train_size is None:
+        raise ConfigError("optimizer.weight_decay_norm", p["weight_decay_norm"],
+                          "needs the training budget: the trainer must pass batch_size and train_size "
+                          "to ctx.build(...)")
     return p["weight_decay_norm"] * math.sqrt(ctx.batch_size / (ctx.train_size * ctx.epochs))
 
 
+def decay_setting(p: dict, ctx: Any) -> tuple[float, bool]:
+    """``(value, per_lr)``: the weight decay the param groups get, and whether it is a
+    per-step rate to divide by each group's lr (``param_groups(lr_free_decay=True)``).
+
+    - ``weight_decay`` (no ``weight_decay_norm``): torch's own knob, as is (decoupled: each
+      step multiplies the weights by ``1 - lr_t * wd``; L2: ``wd * w`` joins the gradient).
+    - ``weight_decay_norm`` with a decoupled variant: the paper's ``lambda``, a per-step rate
+      independent of the lr: each step multiplies the weights by ``1 - eta_t * lambda``, with
+      ``eta_t = lr_t / lr`` the schedule's multiplier. torch multiplies its ``weight_decay``
+      by the lr, so each group gets ``lambda / (its lr)``.
+    - ``weight_decay_norm`` with L2 decay: the normalized value is the L2 coefficient itself.
+    """
+    if p.get("weight_decay_norm") is None:
+        return p["weight_decay"], False
+    return normalized_decay(p, ctx), decoupled(p)
+
+
+def _kwargs(p: dict, ctx: Any) -> dict:
+    """The constructor's lr and weight_decay (the groups carry their own; this is the value
+    of a group without multipliers, written for the reader of exported code)."""
+    wd, per_lr = decay_setting(p, ctx)
+    return {"lr": p["lr"], "weight_decay": wd / p["lr"] if per_lr else wd}
+
+
 def _adam_kwargs(p: dict, ctx: Any) -> dict:
-    return {
-        "lr": p["lr"],
-        "betas": (p["beta1"], p["beta2"]),
-        "eps": p["eps"],
-        "weight_decay": effective_weight_decay(p, ctx),
-    }
+    kw = _kwargs(p, ctx)
+    return {"lr": kw["lr"], "betas": (p["beta1"], p["beta2"]), "eps": p["eps"], "weight_decay": kw["weight_decay"]}
 
 
 def _held(call: Call, p: dict) -> Call:
@@ -127,13 +139,7 @@ def _sgd(p: dict, ctx: Any) -> Call:
     return Call(
         "torch.optim.SGD",
         (Ref("params"),),
-        {
-            "lr": p["lr"],
-            "momentum": p["momentum"],
-            "dampening": p["dampening"],
-            "weight_decay": effective_weight_decay(p, ctx),
-            "nesterov": p["nesterov"],
-        },
+        {**_kwargs(p, ctx), "momentum": p["momentum"], "dampening": p["dampening"], "nesterov": p["nesterov"]},
     )
 
 
@@ -161,10 +167,19 @@ def _nadamw(p: dict, ctx: Any) -> Call:
     )
 
 
+_NO_HOLD = ("wd_schedule", "must be 'coupled': L2 decay goes through the gradient (momentum, Adam's scaling), "
+            "so there is no decay rate to hold constant; use a decoupled variant (adamw, nadamw, "
+            "amsgrad with decoupled: true)")
+
+
 def _sgd_consistency(v: dict) -> tuple[str, str] | None:
     if v["nesterov"] and (v["momentum"] <= 0 or v["dampening"] != 0):
         return "nesterov", "nesterov needs momentum > 0 and dampening = 0"
-    return None
+    return _NO_HOLD if v["wd_schedule"] == "constant" else None
+
+
+def _l2_consistency(v: dict) -> tuple[str, str] | None:
+    return _NO_HOLD if v["wd_schedule"] == "constant" else None
 
 
 def _amsgrad_consistency(v: dict) -> tuple[str, str] | None:
@@ -177,13 +192,12 @@ VARIANTS: dict[str, Component] = {
     "sgd": Component(
         "sgd",
         {
-            "lr": Knob(0.1, positive),
-            "momentum": Knob(0.9, unit_left_open),
-            "nesterov": Knob(False, boolean),
-            "dampening": Knob(0.0, unit_left_open),
-            "weight_decay": Knob(5e-4, nonneg, "L2: added to the gradient"),
+            "lr": Knob(0.1, POSITIVE),
+            "momentum": Knob(0.9, UNIT_LEFT_CLOSED),
+            "nesterov": Knob(False, BOOLEAN),
+            "dampening": Knob(0.0, UNIT_LEFT_CLOSED),
+            "weight_decay": Knob(5e-4, NONNEGATIVE, "L2: wd * w is added to the gradient"),
             **_COMMON,
-            **_L2_SCHEDULE,
         },
         _sgd,
         "SGD with momentum; Nesterov optional; L2 weight decay",
@@ -193,16 +207,16 @@ VARIANTS: dict[str, Component] = {
         "adam_l2",
         {
             **_ADAM,
-            "weight_decay": Knob(0.0, nonneg, "L2: coupled, goes through the adaptive scaling"),
+            "weight_decay": Knob(0.0, NONNEGATIVE, "L2: wd * w joins the gradient, then Adam's scaling"),
             **_COMMON,
-            **_L2_SCHEDULE,
         },
         _adam_l2,
         "Adam with coupled L2 weight decay",
+        consistency=_l2_consistency,
     ),
     "adamw": Component(
         "adamw",
-        {**_ADAM, "weight_decay": Knob(1e-2, nonneg, "decoupled: p -= lr * wd * p"), **_COMMON, **_DECOUPLED_SCHEDULE},
+        {**_ADAM, "weight_decay": Knob(1e-2, NONNEGATIVE, "decoupled: w *= 1 - lr_t * wd each step"), **_COMMON},
         _adamw,
         "Adam with decoupled weight decay (Loshchilov & Hutter)",
     ),
@@ -210,10 +224,9 @@ VARIANTS: dict[str, Component] = {
         "amsgrad",
         {
             **_ADAM,
-            "weight_decay": Knob(1e-2, nonneg, "decoupled (AdamW) or L2 (Adam), by 'decoupled'"),
-            "decoupled": Knob(True, boolean, "true: AdamW(amsgrad=True); false: Adam(amsgrad=True)"),
+            "weight_decay": Knob(1e-2, NONNEGATIVE, "decoupled (AdamW) or L2 (Adam), by 'decoupled'"),
+            "decoupled": Knob(True, BOOLEAN, "true: AdamW(amsgrad=True); false: Adam(amsgrad=True)"),
             **_COMMON,
-            **_DECOUPLED_SCHEDULE,
         },
         _amsgrad,
         "AMSGrad: running max of the second moment; decoupled (AdamW) or L2 (Adam) decay",
@@ -223,15 +236,11 @@ VARIANTS: dict[str, Component] = {
         "nadamw",
         {
             **_ADAM,
-            "weight_decay": Knob(1e-2, nonneg, "decoupled"),
-            "momentum_decay": Knob(4e-3, nonneg, "NAdam's psi"),
+            "weight_decay": Knob(1e-2, NONNEGATIVE, "decoupled: w *= 1 - lr_t * wd each step"),
+            "momentum_decay": Knob(4e-3, NONNEGATIVE, "NAdam's psi"),
             **_COMMON,
-            **_DECOUPLED_SCHEDULE,
         },
         _nadamw,
         "NAdam with decoupled weight decay (AlgoPerf baseline)",
     ),
 }
-
-# Which knob plays "momentum" for one-cycle momentum cycling.
-MOMENTUM_KNOB = {"sgd": "momentum", "adam_l2": "beta1", "adamw": "beta1", "amsgrad": "beta1", "nadamw": "beta1"}

@@ -10,21 +10,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from optsearch.constraints import BOOLEAN, POSITIVE, TEXT, UNIT_RIGHT_CLOSED, ListOf, Nullable
 from optsearch.errors import ConfigError
-from optsearch.spaces.components import Component, Knob, boolean, positive
+from optsearch.spaces.components import Component, Knob
 from optsearch.spaces.optimizers import VARIANTS
 from optsearch.spaces.schedules import SCHEDULES
 
-
-def _layer_decay(v: Any) -> str | None:
-    return None if positive(v) is None and v <= 1 else "must be in (0, 1]"
-
-
 GROUP_KNOBS: dict[str, Knob] = {
-    "no_decay_bias_norm": Knob(True, boolean, "no weight decay on biases and norm parameters"),
-    "head_lr_mult": Knob(1.0, positive, "lr multiplier of the model's last layer (its head)"),
-    "layer_decay": Knob(1.0, _layer_decay, "lr multiplier per layer below the head"),
+    "no_decay_bias_norm": Knob(True, BOOLEAN, "no weight decay on norm modules' parameters and biases"),
+    "head_lr_mult": Knob(1.0, POSITIVE, "lr multiplier of the model's head"),
+    "layer_decay": Knob(1.0, UNIT_RIGHT_CLOSED, "lr multiplier per layer below the head"),
+    "head": Knob(None, Nullable(TEXT), "the head's module name (default: the last one the forward pass uses)"),
+    "layers": Knob(None, Nullable(ListOf(TEXT, min_length=1, example="[embed, blocks.*, norm, head]")),
+                   "layer prefixes, input to output (default: found in the forward pass)", is_list=True),
 }
+
+# The optimizer knob that plays "momentum" for one-cycle's momentum cycling.
+MOMENTUM_KNOB = {"sgd": "momentum", "adam_l2": "beta1", "adamw": "beta1", "amsgrad": "beta1", "nadamw": "beta1"}
+
+
+def momentum_override(schedule: dict) -> float | None:
+    """The momentum / beta1 that a (resolved) schedule imposes on the optimizer, or None.
+
+    One-cycle with ``cycle_momentum`` sets it to ``max_momentum`` when it is created and
+    cycles it from there: the optimizer's own momentum / beta1 knob then does nothing.
+    """
+    if schedule.get("name") == "onecycle" and schedule.get("cycle_momentum"):
+        return schedule["max_momentum"]
+    return None
 
 
 def _resolve_knobs(key: str, given: Any, knobs: dict[str, Knob], skip: tuple = ()) -> dict:
@@ -43,11 +56,12 @@ def _resolve_knobs(key: str, given: Any, knobs: dict[str, Knob], skip: tuple = (
         message = knob.check(v)
         if message:
             raise ConfigError(f"{key}.{k}", v, message)
-        out[k] = list(v) if knob.is_list else v
+        out[k] = list(v) if knob.is_list and v is not None else v
     return out
 
 
-def _resolve_section(key: str, given: Any, registry: dict[str, Component]) -> dict:
+def _resolve_section(key: str, given: Any, registry: dict[str, Component], fixed: dict | None = None) -> dict:
+    """One section's values, checked; ``fixed`` overrides knobs another section imposes."""
     if not isinstance(given, dict):
         raise ConfigError(key, given, "must be a mapping with a 'name'")
     name = given.get("name")
@@ -55,6 +69,7 @@ def _resolve_section(key: str, given: Any, registry: dict[str, Component]) -> di
         raise ConfigError(f"{key}.name", name, f"unknown {key.rsplit('.', 1)[-1]}; known: {sorted(registry)}")
     comp = registry[name]
     values = _resolve_knobs(key, given, comp.knobs, skip=("name",))
+    values.update(fixed or {})
     if comp.consistency:
         found = comp.consistency(values)
         if found:
@@ -75,9 +90,14 @@ def resolve(params: Any, key: str = "params") -> dict:
     if "schedule" not in params:
         raise ConfigError(key, params, "has no 'schedule'")
     groups = params.get("param_groups")
+    schedule = _resolve_section(f"{key}.schedule", params["schedule"], SCHEDULES)
+    fixed = {}
+    name = params["optimizer"].get("name") if isinstance(params["optimizer"], dict) else None
+    if momentum_override(schedule) is not None and name in MOMENTUM_KNOB:
+        fixed[MOMENTUM_KNOB[name]] = momentum_override(schedule)  # what the optimizer really starts with
     return {
-        "optimizer": _resolve_section(f"{key}.optimizer", params["optimizer"], VARIANTS),
-        "schedule": _resolve_section(f"{key}.schedule", params["schedule"], SCHEDULES),
+        "optimizer": _resolve_section(f"{key}.optimizer", params["optimizer"], VARIANTS, fixed),
+        "schedule": schedule,
         "param_groups": _resolve_knobs(f"{key}.param_groups", {} if groups is None else groups, GROUP_KNOBS),
     }
 

@@ -8,10 +8,20 @@ used by step k (0-based) is what the scheduler holds after k calls to ``step()``
 - ``constant``: ``ConstantLR(factor=1)``; optional linear warmup.
 - ``step``: ``MultiStepLR``: lr * gamma**i after the i-th milestone; milestones are
   fractions of T (step ``round(f * T)``); optional linear warmup.
-- ``cosine``: ``CosineAnnealingLR`` from lr to ``eta_min`` over T (minus the warmup);
-  optional linear warmup (``LinearLR`` then the main schedule, via ``SequentialLR``).
-- ``sgdr``: ``CosineAnnealingWarmRestarts`` (Loshchilov & Hutter): restarts after
-  ``T_0`` epochs, then ``T_0 * T_mult``, ...; restarts at T_0, T_0 (1 + T_mult), ...
+- ``cosine``: cosine annealing from each group's lr to ``eta_min`` times it over T (minus
+  the warmup): ``LambdaLR(cosine_factor)``; optional linear warmup (``LinearLR`` then the
+  main schedule, via ``SequentialLR``).
+- ``sgdr``: cosine annealing with warm restarts (Loshchilov & Hutter), ``LambdaLR(sgdr_factor)``:
+  cycles of ``T_0`` epochs, then ``T_0 * T_mult``, ...; restarts at the epochs the config names,
+  T_0, T_0 (1 + T_mult), T_0 (1 + T_mult + T_mult^2), ..., i.e. at step
+  ``round(epoch * steps_per_epoch)``, and each cycle anneals to ``eta_min`` by its last step.
+
+``eta_min`` is relative: the lr at the bottom of the cosine is ``eta_min`` times each group's
+lr (0: anneal to zero; 0.01: to 1% of the lr), so groups with lower lrs (``layer_decay``) never
+anneal upwards. torch's ``CosineAnnealingLR`` takes one absolute ``eta_min`` for every group
+and ``CosineAnnealingWarmRestarts`` only whole-step cycles that repeat ``T_0 * T_mult**i``
+(their restarts drift away from the epochs named), so both are ``LambdaLR`` over a pure
+function of the step (``cosine_factor``, ``sgdr_factor``; nanoGPT's ``get_lr`` style).
 - ``onecycle``: ``OneCycleLR`` (Smith): max_lr is each group's lr (so head and layer-wise
   multipliers carry over), starting at max_lr / div_factor, peaking at step
   ``pct_start * T - 1``, ending at max_lr / (div_factor * final_div_factor); with
@@ -27,18 +37,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optsearch.spaces.components import (
-    Component,
-    Knob,
-    boolean,
-    increasing_fractions,
-    nonneg,
-    one_of,
-    positive,
-    positive_int,
-    unit_left_open,
-    unit_open,
+from optsearch.constraints import (
+    BOOLEAN,
+    NONNEGATIVE,
+    POSITIVE,
+    UNIT,
+    UNIT_LEFT_CLOSED,
+    UNIT_OPEN,
+    UNIT_RIGHT_CLOSED,
+    ListOf,
+    Options,
+    at_least,
 )
+from optsearch.spaces.components import Component, Knob
 from optsearch.spaces.recipe import Call, Expr, Fn, Ref, lit
 
 SCHED = "torch.optim.lr_scheduler"
@@ -59,9 +70,34 @@ def warmup_steps(epochs: float) -> str:
     return f"min({steps(epochs)}, max(1, {TOTAL} - 1))"
 
 
-def n_steps(epochs: float, ctx: Any) -> int:
-    """The value of ``steps(epochs)`` for a budget."""
-    return Expr(steps(epochs)).eval({"steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs})
+def n_steps(src: str, ctx: Any) -> int:
+    """The value of a step-count expression (``steps``, ``warmup_steps``) for a budget."""
+    return Expr(src).eval({"steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs})
+
+
+def cosine_factor(step, total, eta_min=0.0):
+    """Cosine annealing's lr multiplier at step ``step`` of ``total`` (SGDR's eq. 5 without
+    restarts): ``eta_min + (1 - eta_min) * (1 + cos(pi * step / total)) / 2``, from 1 at
+    step 0 down to ``eta_min`` (a fraction of the lr) at ``total``, and held there after."""
+    return eta_min + (1 - eta_min) * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+
+
+def sgdr_factor(step, T_0, T_mult, steps_per_epoch, eta_min=0.0):
+    """SGDR's lr multiplier at optimizer step ``step`` (Loshchilov & Hutter 2017, eq. 5).
+
+    Cycle i covers epochs ``[T_0 (1 + ... + T_mult**(i-1)), T_0 (1 + ... + T_mult**i))``;
+    its ends are the steps ``round(epoch * steps_per_epoch)`` (each cycle at least one step
+    long). At step t of a cycle of L steps the multiplier is
+    ``eta_min + (1 - eta_min) * (1 + cos(pi * t / L)) / 2``: 1 at a restart, near ``eta_min``
+    at the cycle's last step.
+    """
+    start, end_epoch, length = 0, 0.0, T_0
+    while True:
+        end_epoch += length
+        end = max(start + 1, round(end_epoch * steps_per_epoch))
+        if step < end:
+            return eta_min + (1 - eta_min) * (1 + math.cos(math.pi * (step - start) / (end - start))) / 2
+        start, length = end, length * T_mult
 
 
 def noam_lambda(step, warmup_steps):
@@ -73,10 +109,6 @@ def noam_lambda(step, warmup_steps):
     """
     s = step + 1
     return min(s / warmup_steps, math.sqrt(warmup_steps / s))
-
-
-def _start_factor(v: Any) -> str | None:
-    return None if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 else "must be in (0, 1]"
 
 
 def with_warmup(main: Call, p: dict) -> Call:
@@ -99,7 +131,7 @@ def _constant(p: dict, ctx: Any, opt: dict) -> Call:
 
 def _step(p: dict, ctx: Any, opt: dict) -> Call:
     # Inside SequentialLR the main schedule counts from the end of the warmup.
-    shift = f" - {steps(p['warmup_epochs'])}" if p["warmup_epochs"] else ""
+    shift = f" - {warmup_steps(p['warmup_epochs'])}" if p["warmup_epochs"] else ""  # the warmup as cut
     milestones = [Expr(f"round({lit(f)} * {TOTAL}){shift}") for f in p["milestones"]]
     main = Call(f"{SCHED}.MultiStepLR", (Ref("optimizer"),), {"milestones": milestones, "gamma": p["gamma"]})
     return with_warmup(main, p)
@@ -107,16 +139,14 @@ def _step(p: dict, ctx: Any, opt: dict) -> Call:
 
 def _cosine(p: dict, ctx: Any, opt: dict) -> Call:
     t_max = TOTAL if not p["warmup_epochs"] else f"max(1, {TOTAL} - {warmup_steps(p['warmup_epochs'])})"
-    main = Call(f"{SCHED}.CosineAnnealingLR", (Ref("optimizer"),), {"T_max": Expr(t_max), "eta_min": p["eta_min"]})
-    return with_warmup(main, p)
+    factor = Fn(cosine_factor, {"total": Expr(t_max), "eta_min": p["eta_min"]})
+    return with_warmup(Call(f"{SCHED}.LambdaLR", (Ref("optimizer"),), {"lr_lambda": factor}), p)
 
 
 def _sgdr(p: dict, ctx: Any, opt: dict) -> Call:
-    return Call(
-        f"{SCHED}.CosineAnnealingWarmRestarts",
-        (Ref("optimizer"),),
-        {"T_0": Expr(steps(p["T_0"])), "T_mult": p["T_mult"], "eta_min": p["eta_min"]},
-    )
+    factor = Fn(sgdr_factor, {"T_0": p["T_0"], "T_mult": p["T_mult"], "steps_per_epoch": Expr("steps_per_epoch"),
+                              "eta_min": p["eta_min"]})
+    return Call(f"{SCHED}.LambdaLR", (Ref("optimizer"),), {"lr_lambda": factor})
 
 
 def _onecycle(p: dict, ctx: Any, opt: dict) -> Call:
@@ -158,7 +188,7 @@ def _warmup_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
 
 def _step_budget(p: dict, ctx: Any) -> tuple[str, str] | None:
     total = ctx.epochs * ctx.steps_per_epoch
-    warm = min(n_steps(p["warmup_epochs"], ctx), max(1, total - 1)) if p["warmup_epochs"] else 0
+    warm = n_steps(warmup_steps(p["warmup_epochs"]), ctx) if p["warmup_epochs"] else 0
     at = [round(f * total) for f in p["milestones"]]
     if at[0] <= warm:
         return "milestones", f"the first milestone (step {at[0]}) must come after the warmup ({warm} steps)"
@@ -184,8 +214,8 @@ def _onecycle_consistency(v: dict) -> tuple[str, str] | None:
 
 
 _WARMUP = {
-    "warmup_epochs": Knob(0, nonneg, "linear warmup length in epochs (0: none)"),
-    "warmup_start_factor": Knob(0.01, _start_factor, "lr multiplier at the first warmup step"),
+    "warmup_epochs": Knob(0, NONNEGATIVE, "linear warmup length in epochs (0: none)"),
+    "warmup_start_factor": Knob(0.01, UNIT_RIGHT_CLOSED, "lr multiplier at the first warmup step"),
 }
 
 SCHEDULES: dict[str, Component] = {
@@ -195,9 +225,9 @@ SCHEDULES: dict[str, Component] = {
     "step": Component(
         "step",
         {
-            "milestones": Knob([0.5, 0.75], increasing_fractions, "fractions of training where lr *= gamma",
-                               is_list=True),
-            "gamma": Knob(0.1, unit_open, "decay factor at each milestone"),
+            "milestones": Knob([0.5, 0.75], ListOf(UNIT_OPEN, min_length=1, increasing=True, example="[0.5, 0.75]"),
+                               "fractions of training where lr *= gamma", is_list=True),
+            "gamma": Knob(0.1, UNIT_OPEN, "decay factor at each milestone"),
             **_WARMUP,
         },
         _step,
@@ -206,7 +236,7 @@ SCHEDULES: dict[str, Component] = {
     ),
     "cosine": Component(
         "cosine",
-        {**_WARMUP, "eta_min": Knob(0.0, nonneg, "final lr (absolute)")},
+        {**_WARMUP, "eta_min": Knob(0.0, UNIT, "final lr, as a fraction of each group's lr")},
         _cosine,
         "cosine annealing to eta_min over the whole run, optional linear warmup",
         budget=_warmup_budget,
@@ -214,9 +244,9 @@ SCHEDULES: dict[str, Component] = {
     "sgdr": Component(
         "sgdr",
         {
-            "T_0": Knob(1.0, positive, "first cycle length in epochs (T_0 * steps_per_epoch steps, at least 1)"),
-            "T_mult": Knob(2, positive_int, "each cycle is T_mult times longer than the last"),
-            "eta_min": Knob(0.0, nonneg, "lr at the end of each cycle (absolute)"),
+            "T_0": Knob(1.0, POSITIVE, "first cycle length in epochs"),
+            "T_mult": Knob(2, at_least(1), "each cycle is T_mult times longer than the last"),
+            "eta_min": Knob(0.0, UNIT, "lr at the end of each cycle, as a fraction of each group's lr"),
         },
         _sgdr,
         "cosine annealing with warm restarts (CosineAnnealingWarmRestarts), stepped per batch",
@@ -224,14 +254,14 @@ SCHEDULES: dict[str, Component] = {
     "onecycle": Component(
         "onecycle",
         {
-            "pct_start": Knob(0.3, unit_open, "fraction of the run spent raising the lr"),
-            "div_factor": Knob(25.0, positive, "initial lr = max_lr / div_factor (max_lr: the optimizer's lr)"),
-            "final_div_factor": Knob(1e4, positive, "final lr = initial lr / final_div_factor"),
-            "anneal_strategy": Knob("cos", one_of("cos", "linear")),
-            "three_phase": Knob(False, boolean, "Smith's original: up, symmetric down, then annihilate"),
-            "cycle_momentum": Knob(True, boolean, "cycle momentum (SGD) / beta1 (Adam family) inversely to lr"),
-            "base_momentum": Knob(0.85, unit_left_open, "momentum / beta1 at the lr peak"),
-            "max_momentum": Knob(0.95, unit_left_open, "momentum / beta1 at the start and the end"),
+            "pct_start": Knob(0.3, UNIT_OPEN, "fraction of the run spent raising the lr"),
+            "div_factor": Knob(25.0, POSITIVE, "initial lr = max_lr / div_factor (max_lr: the optimizer's lr)"),
+            "final_div_factor": Knob(1e4, POSITIVE, "final lr = initial lr / final_div_factor"),
+            "anneal_strategy": Knob("cos", Options("cos", "linear")),
+            "three_phase": Knob(False, BOOLEAN, "Smith's original: up, symmetric down, then annihilate"),
+            "cycle_momentum": Knob(True, BOOLEAN, "cycle momentum (SGD) / beta1 (Adam family) inversely to lr; replaces the optimizer's own"),
+            "base_momentum": Knob(0.85, UNIT_LEFT_CLOSED, "momentum / beta1 at the lr peak"),
+            "max_momentum": Knob(0.95, UNIT_LEFT_CLOSED, "momentum / beta1 at the start and the end"),
         },
         _onecycle,
         "one-cycle policy (OneCycleLR), peak lr = the optimizer's lr per param group",
@@ -240,7 +270,7 @@ SCHEDULES: dict[str, Component] = {
     ),
     "noam": Component(
         "noam",
-        {"warmup_epochs": Knob(1.0, positive, "linear warmup to the peak (the optimizer's lr), in epochs")},
+        {"warmup_epochs": Knob(1.0, POSITIVE, "linear warmup to the peak (the optimizer's lr), in epochs")},
         _noam,
         "linear warmup then inverse square root decay (LambdaLR)",
         budget=_warmup_budget,

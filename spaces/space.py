@@ -23,7 +23,8 @@ rejected when it is loaded.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -32,7 +33,7 @@ from optsearch.errors import ConfigError
 from optsearch.spaces import distributions
 from optsearch.spaces.components import Component, Knob
 from optsearch.spaces.optimizers import VARIANTS
-from optsearch.spaces.params import GROUP_KNOBS
+from optsearch.spaces.params import GROUP_KNOBS, MOMENTUM_KNOB, momentum_override
 from optsearch.spaces.schedules import SCHEDULES
 
 __all__ = ["GROUP_KNOBS", "Section", "Space"]
@@ -44,15 +45,23 @@ _MAX_COMBINATIONS = 4096
 
 @dataclass(frozen=True)
 class Section:
-    """Choices of one registry (optimizer or schedule): name -> {knob: distribution}."""
+    """Choices of one registry (optimizer or schedule): name -> {knob: distribution}.
+
+    ``given``: the knobs the config wrote for each choice (the rest are defaults).
+    """
 
     key: str
     options: dict[str, dict[str, distributions.Distribution]]
+    given: dict[str, frozenset] = field(default_factory=dict)
 
-    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+    def sample(self, trial: optuna.Trial, fixed: dict | None = None) -> dict[str, Any]:
+        """One choice and its knobs; knobs in ``fixed`` (name -> {knob: value}) take that
+        value and are not sampled."""
         names = list(self.options)
         name = names[0] if len(names) == 1 else trial.suggest_categorical(self.key, names)
-        values = {k: _copy(d.sample(trial, f"{name}.{k}")) for k, d in self.options[name].items()}
+        pinned = (fixed or {}).get(name, {})
+        values = {k: pinned[k] if k in pinned else _copy(d.sample(trial, f"{name}.{k}"))
+                  for k, d in self.options[name].items()}
         return {"name": name, **values}
 
 
@@ -88,6 +97,7 @@ def _parse_section(key: str, spec: Any, registry: dict[str, Component]) -> Secti
     if not isinstance(spec, dict) or not spec:
         raise ConfigError(key, spec, f"must name one {key}, a list of them, or map each to its knobs")
     options: dict[str, dict[str, distributions.Distribution]] = {}
+    given: dict[str, frozenset] = {}
     for name, knobs in spec.items():
         if name not in registry:
             raise ConfigError(f"{key}", name, f"unknown {key}; known: {sorted(registry)}")
@@ -107,26 +117,35 @@ def _parse_section(key: str, spec: Any, registry: dict[str, Component]) -> Secti
         if comp.consistency:
             _check_consistency(f"{key}.{name}", comp, full)
         options[name] = full
-    return Section(key, options)
+        given[name] = frozenset(parsed)
+    return Section(key, options, given)
 
 
 def _check_consistency(key: str, comp: Component, full: dict[str, distributions.Distribution]) -> None:
     """Reject a space where some sampled combination would break a cross-knob rule."""
-    names = list(full)
-    choices = [full[k].values() for k in names]
-    count = 1
-    for c in choices:
-        count *= len(c)
-    if count > _MAX_COMBINATIONS:
-        return  # too many to try; Space.sample still checks each trial
-    for combo in itertools.product(*choices):
-        values = dict(zip(names, combo))
+    for values in _combinations(full) or []:  # too many to try: Space.sample checks each trial
         found = comp.consistency(values)
         if found:
             knob, message = found
-            searched = sorted(k for k in names if not isinstance(full[k], distributions.Constant))
+            searched = sorted(k for k in full if distributions.is_searched(full[k]))
             where = f" (some values of the searched knobs {searched} break it)" if searched else ""
             raise ConfigError(f"{key}.{knob}", values[knob], message + where)
+
+
+def _combinations(full: dict[str, distributions.Distribution]):
+    """Every combination of the knobs' bounding values (range ends, all choices), or None
+    when there are more than ``_MAX_COMBINATIONS``."""
+    names = list(full)
+    choices = [full[k].values() for k in names]
+    if math.prod(len(c) for c in choices) > _MAX_COMBINATIONS:
+        return None
+    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+
+
+def _overrides(name: str, schedule: dict[str, distributions.Distribution]) -> str:
+    """Whether a schedule choice replaces the optimizer's momentum: 'always', 'sometimes', 'never'."""
+    seen = {momentum_override({"name": name, **values}) is not None for values in _combinations(schedule) or []}
+    return "always" if seen == {True} else "sometimes" if True in seen else "never"
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,7 @@ class Space:
     optimizer: Section
     schedule: Section
     groups: dict[str, distributions.Distribution]
+    notes: tuple[str, ...] = ()  # what the user should know about how this space samples
 
     @classmethod
     def from_config(cls, spec: Any, key: str = "space") -> "Space":
@@ -156,11 +176,13 @@ class Space:
         for k in groups_spec:
             if k not in GROUP_KNOBS:
                 raise ConfigError(f"{key}.param_groups.{k}", groups_spec[k], f"unknown key; allowed: {sorted(GROUP_KNOBS)}")
+        notes = _momentum_notes(key, optimizer, schedule)
         # Sections sample under "optimizer"/"schedule" (not the dotted config key).
         return cls(
-            Section("optimizer", optimizer.options),
-            Section("schedule", schedule.options),
+            Section("optimizer", optimizer.options, optimizer.given),
+            Section("schedule", schedule.options, schedule.given),
             groups,
+            tuple(notes),
         )
 
     @property
@@ -169,10 +191,18 @@ class Space:
         return len(self.optimizer.options) > 1 or len(self.schedule.options) > 1
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
-        """One trial's resolved params: plain nested dicts, picklable, JSON-able."""
+        """One trial's resolved params: plain nested dicts, picklable, JSON-able.
+
+        The schedule is sampled first: when it replaces the optimizer's momentum / beta1
+        (one-cycle's momentum cycling), that knob is not sampled but set to the value the
+        schedule starts it at.
+        """
+        schedule = self.schedule.sample(trial)
+        momentum = momentum_override(schedule)
+        fixed = {} if momentum is None else {name: {knob: momentum} for name, knob in MOMENTUM_KNOB.items()}
         params = {
-            "optimizer": self.optimizer.sample(trial),
-            "schedule": self.schedule.sample(trial),
+            "optimizer": self.optimizer.sample(trial, fixed),
+            "schedule": schedule,
             "param_groups": {k: d.sample(trial, f"param_groups.{k}") for k, d in self.groups.items()},
         }
         for section, registry in (("optimizer", VARIANTS), ("schedule", SCHEDULES)):
@@ -181,3 +211,55 @@ class Space:
             if found:
                 raise ValueError(f"sampled {section} params are inconsistent: {found[1]}")
         return params
+
+    def rejections(self, ctx: Any) -> list[str]:
+        """What the builders will reject at this training budget (``BuildContext``).
+
+        Tries every combination of each schedule's bounding knob values. Returns one note
+        per schedule where some sampled points will be rejected (those trials fail, with the
+        reason); raises ``ConfigError`` when a schedule rejects every point, since then the
+        config itself cannot work.
+        """
+        notes = []
+        for name, full in self.schedule.options.items():
+            comp = SCHEDULES[name]
+            combos = _combinations(full) if comp.budget else None
+            if not combos:
+                continue
+            failures = [(values, found) for values in combos if (found := comp.budget(values, ctx))]
+            if not failures:
+                continue
+            values, (knob, message) = failures[0]
+            key = f"space.schedule.{name}.{knob}"
+            budget = f"{ctx.epochs} epochs of {ctx.steps_per_epoch} steps"
+            if len(failures) == len(combos):
+                raise ConfigError(key, values[knob], f"{message} (at {budget}, for every point of the space)")
+            searched = {k: values[k] for k in sorted(full) if distributions.is_searched(full[k])}
+            notes.append(f"{key}: some points the sampler can choose are rejected at {budget}, e.g. {searched}: "
+                         f"{message}; such trials fail with that reason")
+        return notes
+
+
+def _momentum_notes(key: str, optimizer: Section, schedule: Section) -> list[str]:
+    """A momentum / beta1 knob the config sets, under a schedule that replaces it: an error
+    when every schedule choice replaces it (it would do nothing), else a note."""
+    reach = {_overrides(name, full) for name, full in schedule.options.items()}
+    notes = []
+    for name, given in optimizer.given.items():
+        knob = MOMENTUM_KNOB.get(name)
+        if knob not in given or reach == {"never"}:
+            continue
+        where = f"{key}.optimizer.{name}.{knob}"
+        if reach == {"always"}:
+            raise ConfigError(where, _spec(optimizer.options[name][knob]),
+                              "one-cycle's cycle_momentum replaces it (it runs from max_momentum to base_momentum "
+                              "and back); search space.schedule.onecycle.base_momentum / max_momentum instead, or "
+                              "set cycle_momentum: false")
+        notes.append(f"{where} is searched only in trials whose schedule keeps it: one-cycle with cycle_momentum "
+                     "replaces it with max_momentum")
+    return notes
+
+
+def _spec(d: distributions.Distribution) -> Any:
+    values = d.values()
+    return values[0] if isinstance(d, distributions.Constant) else values

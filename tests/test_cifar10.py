@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from optsearch.errors import ConfigError
 from optsearch.trainers import data as cifar_data
@@ -203,9 +202,8 @@ def test_defaults_validate():
     assert (options.epochs, options.batch_size, options.val_size, options.widths) == (10, 512, 5000, [64, 256, 256])
 
 
-def test_head_is_the_last_child_and_gets_the_head_lr():
+def test_head_is_found_in_the_forward_pass_and_gets_the_head_lr():
     model = AirbenchNet((16, 32, 32))
-    assert isinstance(list(model.children())[-1], nn.Linear) and model.head is list(model.children())[-1]
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     params = {**PARAMS, "param_groups": {**PARAMS["param_groups"], "head_lr_mult": 4.0}}
     ctx = TrialContext(0, 0, torch.device("cpu"))
@@ -283,5 +281,10 @@ def test_precision_auto_uses_bf16_on_cuda_and_native_bf16_cpus_only():
 
     assert use_bf16("auto", torch.device("cuda"))
     assert not use_bf16("fp32", torch.device("cuda")) and use_bf16("bf16", torch.device("cpu"))
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # independent of torch's own probe: the CPU flags the kernel reports (Linux)
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's bf16 flags from")
+    flags = set(cpuinfo.read_text().split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
     assert use_bf16("auto", torch.device("cpu")) == native

@@ -113,7 +113,8 @@ def check_self_contained(text: str) -> ast.Module:
             assert "optsearch" not in node.id
     assert imported <= {"functools", "math", "torch"}
     for stmt in tree.body:
-        assert isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Assign, ast.FunctionDef)), ast.dump(stmt)[:80]
+        assert isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Assign, ast.FunctionDef, ast.ClassDef)), \
+            ast.dump(stmt)[:80]
     return tree
 
 

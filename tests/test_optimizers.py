@@ -102,15 +102,37 @@ def test_nadamw_is_nadam_with_decoupled_decay():
     assert w == pytest.approx(P0 * (1 - lr * wd), rel=1e-12)  # zero gradient: only the decay moves it
 
 
-def test_normalized_weight_decay():
-    ctx = BuildContext(steps_per_epoch=10, epochs=8, batch_size=128, train_size=50_000)
-    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    p = {"optimizer": {"name": "adamw", "weight_decay": 123.0, "weight_decay_norm": 0.05},
-         "schedule": {"name": "constant"}, "param_groups": {"no_decay_bias_norm": True}}
-    opt, _ = build(p, m, ctx)
-    want = 0.05 * math.sqrt(128 / (50_000 * 8))  # lambda = lambda_norm sqrt(b / (B T))
-    decays = sorted({g["weight_decay"] for g in opt.param_groups})
-    assert decays == pytest.approx([0.0, want], rel=1e-12)
+def test_normalized_weight_decay_is_the_papers_lr_free_rate_for_decoupled_variants():
+    # AdamW paper, B.1: lambda = lambda_norm sqrt(b / (B T)); each step x <- x - eta_t lambda x
+    # (eta_t: the schedule multiplier, 1 for a constant schedule), whatever the lr.
+    b, n, epochs, lam_norm, spe = 128, 50_000, 8, 0.05, 10
+    lam = lam_norm * math.sqrt(b / (n * epochs))
+    ctx = BuildContext(steps_per_epoch=spe, epochs=epochs, batch_size=b, train_size=n)
+    zero = [0.0] * 5  # zero gradients: Adam's update is 0, only the decay moves the weight
+    for name in ("adamw", "nadamw", "amsgrad"):
+        for lr in (1e-3, 0.3):
+            w, opt = step({"name": name, "lr": lr, "weight_decay": 123.0, "weight_decay_norm": lam_norm}, zero,
+                          ctx=ctx)
+            assert w == pytest.approx(P0 * (1 - lam) ** 5, rel=1e-12), (name, lr)
+
+
+def test_normalized_weight_decay_is_the_l2_coefficient_for_l2_variants():
+    b, n, epochs, lam_norm = 64, 10_000, 4, 0.5
+    lam = lam_norm * math.sqrt(b / (n * epochs))
+    ctx = BuildContext(steps_per_epoch=10, epochs=epochs, batch_size=b, train_size=n)
+    lr = 0.1
+    w, _ = step({"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay_norm": lam_norm}, [G], ctx=ctx)
+    assert w == pytest.approx(P0 - lr * (G + lam * P0), rel=1e-12)  # L2: lambda * w joins the gradient
+
+
+def test_normalized_weight_decay_without_the_budget_is_refused():
+    from optsearch.trainers.base import TrialContext
+
+    p = {"optimizer": {"name": "adamw", "weight_decay_norm": 0.05}, "schedule": {"name": "constant"}}
+    with pytest.raises(ConfigError, match="batch_size and train_size"):
+        build(p, One(), BuildContext(10, 2))
+    with pytest.raises(ConfigError, match="batch_size and train_size"):
+        TrialContext(0, 0).build(p, One(), steps_per_epoch=10, epochs=2)  # a trainer that forgot them
 
 
 def test_param_groups_no_decay_head_mult_and_layer_decay():

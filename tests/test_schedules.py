@@ -77,11 +77,12 @@ def test_cosine_with_warmup():
     p = params({"name": "cosine", "warmup_epochs": 1, "warmup_start_factor": 0.01, "eta_min": eta_min})
     lrs, _ = run(p, spe, epochs)
     w, total = spe, spe * epochs
+    low = eta_min * LR  # eta_min is a fraction of the lr
     for k, lr in enumerate(lrs):
         if k < w:
             want = LR * (0.01 + 0.99 * k / w)
         else:
-            want = eta_min + (LR - eta_min) * (1 + math.cos(math.pi * (k - w) / (total - w))) / 2
+            want = low + (LR - low) * (1 + math.cos(math.pi * (k - w) / (total - w))) / 2
         assert lr == pytest.approx(want, rel=1e-9, abs=1e-15), k
     assert lrs[w] == pytest.approx(LR)  # peak right after the warmup
 
@@ -91,27 +92,63 @@ def test_cosine_without_warmup():
     assert lrs == pytest.approx([LR * (1 + math.cos(math.pi * k / 20)) / 2 for k in range(20)], rel=1e-9, abs=1e-15)
 
 
-@pytest.mark.parametrize("t_mult", [1, 2, 3])
-def test_sgdr_restarts_at_t0_t0_1_plus_tmult(t_mult):
-    spe, t0_epochs, eta_min = 4, 1.5, 0.01
-    t0 = round(t0_epochs * spe)  # 6 steps
-    p = params({"name": "sgdr", "T_0": t0_epochs, "T_mult": t_mult, "eta_min": eta_min})
-    lrs, _ = run(p, spe, 20)
-    restarts, t_i, at = [0], t0, 0
-    while at + t_i < len(lrs):
-        at += t_i
-        restarts.append(at)
-        t_i *= t_mult
-    assert restarts[:3] == [0, t0, t0 * (1 + t_mult)]
-    # The paper: eta_t = eta_min + (eta_max - eta_min) (1 + cos(pi T_cur / T_i)) / 2
+def test_eta_min_is_relative_to_each_groups_lr():
+    # layer_decay 0.1 puts the first layer's lr at LR / 100 = 1e-3, below an absolute floor of
+    # 0.05 * LR = 5e-3: with an absolute eta_min that group would anneal upwards.
+    for schedule in ({"name": "cosine", "eta_min": 0.05}, {"name": "sgdr", "T_0": 2.0, "T_mult": 1, "eta_min": 0.05}):
+        p = params(schedule, head_lr_mult=1.0, layer_decay=0.1)
+        opt, sched = build(p, model(), BuildContext(5, 2))
+        peaks = [g["lr"] for g in opt.param_groups]
+        assert min(peaks) == pytest.approx(LR * 0.01)
+        for _ in range(9):
+            opt.step()
+            sched.step()
+        for g, peak in zip(opt.param_groups, peaks):  # step 9 of a 10-step anneal: just above the floor
+            want = peak * (0.05 + 0.95 * (1 + math.cos(math.pi * 9 / 10)) / 2)
+            assert g["lr"] == pytest.approx(want, rel=1e-12) and g["lr"] <= peak
+
+
+def restart_epochs(t0: float, t_mult: int, epochs: float) -> list[float]:
+    """Where SGDR restarts, in epochs, by the geometric series' closed form (not the code's loop)."""
+    out, i = [], 1
+    while True:
+        at = t0 * i if t_mult == 1 else t0 * (t_mult ** i - 1) / (t_mult - 1)
+        if at >= epochs - 1e-9:
+            return out
+        out.append(at)
+        i += 1
+
+
+@pytest.mark.parametrize("t0,t_mult,spe,epochs", [(1.5, 1, 4, 20), (1.5, 2, 4, 20), (1.5, 3, 4, 20),
+                                                   (3.333, 2, 88, 10), (1.0, 2, 88, 10), (2.0, 1, 7, 10)])
+def test_sgdr_restarts_land_on_the_epochs_the_config_names(t0, t_mult, spe, epochs):
+    p = params({"name": "sgdr", "T_0": t0, "T_mult": t_mult, "eta_min": 0.0})
+    lrs, _ = run(p, spe, epochs)
+    starts = [0] + [s for s in (round(e * spe) for e in restart_epochs(t0, t_mult, epochs)) if s < spe * epochs]
+    # the paper: eta_t = eta_max (1 + cos(pi T_cur / T_i)) / 2, T_cur the steps since the restart
+    ends = starts[1:] + [round(sum(t0 * t_mult ** i for i in range(len(starts))) * spe)]
     for k, lr in enumerate(lrs):
-        start = max(r for r in restarts if r <= k)
-        t_i = t0 * t_mult ** restarts.index(start)
-        want = eta_min + (LR - eta_min) * (1 + math.cos(math.pi * (k - start) / t_i)) / 2
-        assert lr == pytest.approx(want, rel=1e-9), k
-    for r in restarts[1:]:
-        assert lrs[r] == pytest.approx(LR)  # warm restart
-        assert lrs[r - 1] < LR / 2  # near the bottom just before it
+        i = max(j for j, s in enumerate(starts) if s <= k)
+        want = LR * (1 + math.cos(math.pi * (k - starts[i]) / (ends[i] - starts[i]))) / 2
+        assert lr == pytest.approx(want, rel=1e-9, abs=1e-15), k
+    assert [k for k in range(1, len(lrs)) if lrs[k] > lrs[k - 1]] == starts[1:]  # restarts there, only there
+
+
+def test_sgdr_at_the_shipped_budget_ends_annealed_instead_of_restarting_on_its_last_step():
+    # cifar10-adamw-sgdr.yaml: 88 steps per epoch, 10 epochs, T_0 = 3.333, T_mult = 2: cycles of
+    # 3.333 and 6.667 epochs end with the run. Rounding the first cycle to 293 steps and repeating
+    # 293 * 2**i put a restart at step 879, the run's last step, at the peak lr.
+    lrs, _ = run(params({"name": "sgdr", "T_0": 3.333, "T_mult": 2}), 88, 10)
+    assert lrs[293] == pytest.approx(LR) and lrs[292] < 1e-3 * LR
+    assert max(lrs[294:]) < LR and lrs[879] < 1e-4 * LR
+
+
+def test_step_milestones_shift_by_the_warmup_as_cut():
+    # a 3-epoch warmup in a 2-epoch run of 10 steps is cut to 19 steps; the milestone at
+    # round(0.99 * 20) = step 20 is 20 - 19 = 1 step into MultiStepLR, which starts after it
+    p = params({"name": "step", "milestones": [0.99], "warmup_epochs": 3.0})
+    _, sched = build(p, model(), BuildContext(10, 2))
+    assert dict(sched._schedulers[1].milestones) == {1: 1}
 
 
 def _cos(start, end, pct):

@@ -81,6 +81,27 @@ def test_study_end_to_end_and_resume(ray_cluster, tmp_path):
     assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db").trials) == 11
 
 
+def test_a_sampled_point_the_builders_reject_fails_that_trial_not_the_study(ray_cluster, tmp_path):
+    # 10 epochs; a 2-epoch warmup ends after the first milestone (epoch 1): those points are
+    # rejected by the builders. The config says so when loaded, and the study runs its budget.
+    doc = digits_config(tmp_path, n_trials=6, pruner={"name": "none"})
+    doc["trainer"]["epochs"] = 10
+    doc["space"]["schedule"] = {"step": {"milestones": [0.1, 0.5], "warmup_epochs": {"choices": [0, 2]}}}
+    cfg = load_doc(doc, tmp_path)
+    assert len(cfg.notes) == 1 and "space.schedule.step.milestones" in cfg.notes[0]
+    summary = run_study(cfg)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert len(study.trials) == 6
+    warm = [t for t in study.trials if t.params["step.warmup_epochs"] == 2]
+    assert warm and len(warm) < 6  # the seeded sampler draws both
+    for t in study.trials:
+        if t.params["step.warmup_epochs"] == 2:
+            assert t.state == TrialState.FAIL and "first milestone" in t.user_attrs["error"]
+        else:
+            assert t.state == TrialState.COMPLETE
+    assert summary["counts"]["failed"] == len(warm) and summary["counts"]["complete"] == 6 - len(warm)
+
+
 USER_TRAINER = '''
 import optuna
 

@@ -7,15 +7,20 @@ the data they load stays resident for every trial the worker runs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import optuna
 
+from optsearch.errors import ConfigError, PointRejected
 from optsearch.spaces.build import BuildContext, build
+from optsearch.spaces.groups import GroupsError
 
 if TYPE_CHECKING:  # torch loads with the trainer that uses it, not with the worker
     import torch
+
+    from optsearch.constraints import Constraint
 
 
 def default_device() -> "torch.device":
@@ -50,10 +55,31 @@ class TrialContext:
             raise optuna.TrialPruned(f"pruned at step {step}")
 
     def build(self, params: dict, model: "torch.nn.Module", *, steps_per_epoch: int, epochs: int,
-              batch_size: int = 1, train_size: int = 1):
-        """The optimizer and per-batch scheduler the params describe (``spaces.build``)."""
-        self.budget = BuildContext(steps_per_epoch, epochs, batch_size, train_size)
-        return build(params, model, self.budget)
+              batch_size: int | None = None, train_size: int | None = None):
+        """The optimizer and per-batch scheduler the params describe (``spaces.build``).
+
+        ``batch_size`` and ``train_size`` are needed by ``weight_decay_norm``. Errors:
+
+        - ``PointRejected``: the builders reject this trial's sampled point (a warmup
+          longer than the first milestone at this budget, ...). The trial fails with the
+          reason; the study goes on.
+        - ``ConfigError``: the trainer's budget is invalid, weight_decay_norm lacks
+          ``batch_size`` / ``train_size``, or the model cannot be split as
+          ``space.param_groups`` asks (no head found, tied head). These hold for every
+          trial, so they stop the study (exit 2) rather than fail its whole budget.
+        """
+        budget = BuildContext(steps_per_epoch, epochs, batch_size, train_size).check("ctx.build")
+        opt = params.get("optimizer") if isinstance(params, dict) else None
+        if isinstance(opt, dict) and opt.get("weight_decay_norm") is not None and None in (batch_size, train_size):
+            raise ConfigError("ctx.build", {"batch_size": batch_size, "train_size": train_size},
+                              "weight_decay_norm needs the trainer to pass batch_size and train_size")
+        self.budget = budget
+        try:
+            return build(params, model, budget)
+        except GroupsError as err:
+            raise ConfigError("space.param_groups", params.get("param_groups"), str(err)) from None
+        except ConfigError as err:
+            raise PointRejected(f"rejected by the builders: {err}") from None
 
 
 class Trainer(Protocol):
@@ -70,18 +96,32 @@ class FunctionTrainer:
         return self.func(params, ctx)
 
 
+def option(default: Any, constraint: "Constraint", doc: str = "") -> Any:
+    """A trainer option: a dataclass field that carries its constraint
+    (``optsearch.constraints``), checked by ``options_from`` like every other config key."""
+    meta = {"constraint": constraint, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def options_from(cls: type, options: dict, key: str = "trainer") -> Any:
-    """Build a trainer's options dataclass from config, with one-line errors for bad keys."""
-    from optsearch.errors import ConfigError
+    """A trainer's options dataclass from config: unknown keys and values that break a
+    field's constraint (``option(...)``) are one-line ``ConfigError``s; then the class's
+    own ``validate()`` (cross-option rules) yields ``(option, message)`` pairs."""
+    from optsearch.constraints import check
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k, v in options.items():
         if k not in fields:
             raise ConfigError(f"{key}.{k}", v, f"unknown option; allowed: {sorted(fields)}")
     obj = cls(**options)
-    check = getattr(obj, "validate", None)
-    if check:
-        for fname, message in check():
+    for name, f in fields.items():
+        if "constraint" in f.metadata:
+            check(f"{key}.{name}", getattr(obj, name), f.metadata["constraint"])
+    validate = getattr(obj, "validate", None)
+    if validate:
+        for fname, message in validate():
             raise ConfigError(f"{key}.{fname}", getattr(obj, fname), message)
     return obj
 

@@ -5,7 +5,7 @@ convolution with a learnable bias, then three ConvGroups (conv, max-pool, BatchN
 conv, BatchNorm, GELU) with identity-initialised filters and BatchNorms without affine
 weights, a global max-pool and a bias-free linear head whose logits are scaled by 1/9.
 The optimizer, schedule and param groups come from the trial's params (``ctx.build``), not
-from airbench; the head is the model's last top-level child, as ``param_groups`` expects.
+from airbench; ``head`` is the last module the forward pass uses, as ``param_groups`` finds it.
 
 Data: the uint8 images are decoded once per worker (``trainers.data``), split by
 ``split_seed`` into train / validation (``val_size`` images held out of the training set),
@@ -24,13 +24,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from optsearch.trainers.base import TrialContext
+from optsearch.constraints import (
+    BOOLEAN,
+    TEXT,
+    UNIT_LEFT_CLOSED,
+    Interval,
+    ListOf,
+    Nullable,
+    Options,
+    at_least,
+)
+from optsearch.spaces.build import BuildContext
+from optsearch.trainers.base import TrialContext, option
 from optsearch.trainers.data import DEFAULT_ROOT, load_cifar10, split_indices, subset_indices
 
 CIFAR10_TRAIN = 50_000
@@ -41,60 +52,37 @@ TRANSLATE = 2  # airbench's random translation, pixels, with reflect padding
 WHITEN_IMAGES = 5000  # training images used to estimate the whitening filters
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 @dataclass
 class Cifar10Options:
-    epochs: int = 10
-    batch_size: int = 512
-    root: str = DEFAULT_ROOT  # image folder, tar archive of one, or torchvision download dir
-    cache_dir: str | None = None  # decoded-data cache when root's folder is not writable
-    val_size: int = 5000  # held out of the 50,000 training images
-    train_subset: int | None = None  # train on the first N of the rest (fixed permutation)
-    test_subset: int | None = None  # evaluate test_acc on N test images (fixed permutation)
-    split_seed: int = 0
-    widths: list = field(default_factory=lambda: [64, 256, 256])  # the three ConvGroups
-    whiten: bool = True  # frozen patch-whitening first conv (airbench); False: a trained conv
-    label_smoothing: float = 0.2
-    tta: bool = True  # average logits over horizontal flips for val_acc and test_acc
-    compile: bool = False  # torch.compile the model (slow first epoch, faster after)
-    channels_last: bool = True  # NHWC activations: faster on CUDA and on CPU (1.5-2x on 2 cores)
-    eval_batch_size: int | None = None  # None: 2000 on CUDA, 500 on CPU (bounds a CPU worker's peak memory)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16; or bf16 | fp32
+    epochs: int = option(10, at_least(1))
+    batch_size: int = option(512, at_least(1))
+    root: str = option(DEFAULT_ROOT, TEXT, "image folder, tar archive of one, or torchvision download dir")
+    cache_dir: str | None = option(None, Nullable(TEXT), "decoded-data cache when root's folder is not writable")
+    val_size: int = option(5000, Interval("int", 1, CIFAR10_TRAIN - 1), "held out of the 50,000 training images")
+    train_subset: int | None = option(None, Nullable(at_least(1)), "train on the first N of the rest")
+    test_subset: int | None = option(None, Nullable(Interval("int", 1, CIFAR10_TEST)), "test_acc on N test images")
+    split_seed: int = option(0, Interval("int"))
+    widths: list = option([64, 256, 256], ListOf(at_least(1), length=3, example="[64, 256, 256]"),
+                          "the three ConvGroups' widths")
+    whiten: bool = option(True, BOOLEAN, "frozen patch-whitening first conv (airbench); false: a trained conv")
+    label_smoothing: float = option(0.2, UNIT_LEFT_CLOSED)
+    tta: bool = option(True, BOOLEAN, "average logits over horizontal flips for val_acc and test_acc")
+    compile: bool = option(False, BOOLEAN, "torch.compile the model (slow first epoch, faster after)")
+    channels_last: bool = option(True, BOOLEAN, "NHWC activations: faster on CUDA and on CPU")
+    eval_batch_size: int | None = option(None, Nullable(at_least(1)), "null: 2000 on CUDA, 500 on CPU")
+    precision: str = option("auto", Options("auto", "bf16", "fp32"),
+                            "auto: bf16 autocast on CUDA and on CPUs with native bf16")
 
     def validate(self):
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if (v is not None or name != "eval_batch_size") and (not _is_int(v) or v < 1):
-                yield name, "must be an integer >= 1" + (" or null" if name == "eval_batch_size" else "")
-        if not isinstance(self.root, str) or not self.root:
-            yield "root", "must be a non-empty path"
-        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
-            yield "cache_dir", "must be a non-empty path or null"
-        if not _is_int(self.val_size) or not 1 <= self.val_size < CIFAR10_TRAIN:
-            yield "val_size", f"must be an integer in [1, {CIFAR10_TRAIN - 1}]"
-        if self.train_subset is not None:
-            if not _is_int(self.train_subset) or self.train_subset < 1:
-                yield "train_subset", "must be null or an integer >= 1"
-            elif _is_int(self.val_size) and self.train_subset > CIFAR10_TRAIN - self.val_size:
-                yield "train_subset", f"must be <= {CIFAR10_TRAIN} - val_size = {CIFAR10_TRAIN - self.val_size}"
-        if self.test_subset is not None and (not _is_int(self.test_subset) or not 1 <= self.test_subset <= CIFAR10_TEST):
-            yield "test_subset", f"must be null or an integer in [1, {CIFAR10_TEST}]"
-        if not _is_int(self.split_seed):
-            yield "split_seed", "must be an integer"
-        if (not isinstance(self.widths, (list, tuple)) or len(self.widths) != 3
-                or not all(_is_int(w) and w >= 1 for w in self.widths)):
-            yield "widths", "must be a list of 3 integers >= 1, e.g. [64, 256, 256]"
-        ls = self.label_smoothing
-        if not isinstance(ls, (int, float)) or isinstance(ls, bool) or not 0 <= ls < 1:
-            yield "label_smoothing", "must be a number in [0, 1)"
-        if self.precision not in ("auto", "bf16", "fp32"):
-            yield "precision", "must be one of ['auto', 'bf16', 'fp32']"
-        for name in ("whiten", "tta", "compile", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                yield name, "must be true or false"
+        if self.train_subset is not None and self.train_subset > CIFAR10_TRAIN - self.val_size:
+            yield "train_subset", f"must be <= {CIFAR10_TRAIN} - val_size = {CIFAR10_TRAIN - self.val_size}"
+
+    def train_size(self) -> int:
+        return self.train_subset or CIFAR10_TRAIN - self.val_size
+
+    def budget(self) -> BuildContext:
+        return BuildContext(math.ceil(self.train_size() / self.batch_size), self.epochs, self.batch_size,
+                            self.train_size())
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

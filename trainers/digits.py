@@ -11,26 +11,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from optsearch.trainers.base import TrialContext
+from optsearch.constraints import UNIT_OPEN, Interval, at_least
+from optsearch.spaces.build import BuildContext
+from optsearch.trainers.base import TrialContext, option
+
+
+DIGITS_SIZE = 1797  # scikit-learn's digits
+
+
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes: 20% test, then ``val_fraction`` of the rest for validation."""
+    n_test = n // 5
+    n_val = int((n - n_test) * val_fraction)
+    return n - n_test - n_val, n_val, n_test
 
 
 @dataclass
 class DigitsOptions:
-    epochs: int = 20
-    batch_size: int = 64
-    hidden: int = 128
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    epochs: int = option(20, at_least(1))
+    batch_size: int = option(64, at_least(1))
+    hidden: int = option(128, at_least(1), "width of the two hidden layers")
+    val_fraction: float = option(0.2, UNIT_OPEN, "share of the non-test images held out for val_acc")
+    split_seed: int = option(0, Interval("int"))
 
-    def validate(self):
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
-            yield "epochs", "must be an integer >= 1"
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            yield "batch_size", "must be an integer >= 1"
-        if not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1:
-            yield "hidden", "must be an integer >= 1"
-        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
-            yield "val_fraction", "must be in (0, 1)"
+    def budget(self) -> BuildContext:
+        train = split_sizes(DIGITS_SIZE, self.val_fraction)[0]
+        return BuildContext(-(-train // self.batch_size), self.epochs, self.batch_size, train)
 
 
 def load_digits_tensors(split_seed: int, val_fraction: float):
@@ -41,8 +47,7 @@ def load_digits_tensors(split_seed: int, val_fraction: float):
     y = torch.tensor(data.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
     x, y = x[perm], y[perm]
-    n_test = len(x) // 5
-    n_val = int((len(x) - n_test) * val_fraction)
+    n_train, n_val, n_test = split_sizes(len(x), val_fraction)
     test = (x[:n_test], y[:n_test])
     val = (x[n_test:n_test + n_val], y[n_test:n_test + n_val])
     train = (x[n_test + n_val:], y[n_test + n_val:])

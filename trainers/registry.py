@@ -55,6 +55,18 @@ def check_options(name: str | None, target: str | None, options: dict) -> None:
         raise ConfigError("trainer.target", target, "is not callable")
 
 
+def planned_budget(name: str | None, target: str | None, options: dict):
+    """The training budget (``BuildContext``) a trainer will pass to ``ctx.build``, known
+    before any data loads, or None. A trainer class says it with ``Options.budget()``; the
+    config uses it to tell, at load time, which sampled points the builders will reject."""
+    obj = _resolve(name, target)
+    if inspect.isclass(obj) and hasattr(getattr(obj, "Options", None), "budget"):
+        from optsearch.trainers.base import options_from
+
+        return options_from(obj.Options, options).budget()
+    return None
+
+
 def load_trainer(name: str | None, target: str | None, options: dict) -> Trainer:
     """A ready trainer. Classes get the options; a plain function reads them from ctx.options."""
     obj = _resolve(name, target)
