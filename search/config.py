@@ -155,10 +155,14 @@ def _storage_url(v: Any) -> str | None:
 
 
 def _tracking_uri(v: Any) -> str | None:
+    """An MLflow tracking URI: a URL of a scheme MLflow knows, or a local path."""
+    from optsearch.search import urls
+
     message = TEXT.message(v)
     if message:
         return message
-    scheme = v.split("://", 1)[0].split("+", 1)[0] if "://" in v else None
+    parsed = urls.parse(v)
+    scheme = parsed.get_backend_name() if parsed is not None and "://" in v else None
     if scheme is not None and scheme not in TRACKING_SCHEMES:
         return f"unknown scheme {scheme!r}; MLflow takes {list(TRACKING_SCHEMES)} or a local path"
     return None
