@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else one per two cores)")
     s.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
     s.add_argument("--dry-run", action="store_true", help="validate the config and print it; run nothing")
+    s.add_argument("--allow-space-change", action="store_true",
+                   help="continue a stored study whose search space differs from the config's")
 
     e = sub.add_parser("export", help="print a trial's optimizer and schedule as PyTorch code")
     e.add_argument("study", help="study name")
@@ -93,8 +95,25 @@ def _study(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
         return 0
-    from optsearch.search.run import print_summary, run_study
+    from optsearch.search.run import print_summary, run_study, unfinished
 
-    summary = run_study(cfg, workers=args.workers, ray_address=args.ray_address)
+    try:
+        summary = run_study(cfg, workers=args.workers, ray_address=args.ray_address,
+                            allow_space_change=args.allow_space_change)
+    except ConfigError as err:  # found against the stored study or a trainer: name the config
+        if err.file is None and err.key.split(".")[0] in config.TOP_KEYS:
+            raise err.with_file(cfg.path) from None
+        raise
     print_summary(summary)
-    return 130 if summary.get("interrupted") else 0
+    if summary.get("interrupted"):
+        import shlex
+
+        again = " ".join(["optsearch", "study", shlex.quote(args.config)]
+                         + [f"--set {shlex.quote(o)}" for o in args.overrides])
+        print(f"optsearch: interrupted; resume with: {again}", file=sys.stderr)
+        return 130
+    problem = unfinished(summary)
+    if problem:
+        print(f"optsearch: error: {problem}", file=sys.stderr)
+        return 1
+    return 0

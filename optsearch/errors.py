@@ -22,8 +22,14 @@ class ConfigError(ValueError):
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""
         if self.key:
-            return f"{where}{self.key} = {self.value!r}: {self.message}"
+            return f"{where}{self.key} = {shown(self.value)}: {self.message}"
         return f"{where}{self.message}"
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """``repr(value)`` on one line, cut to about ``limit`` characters."""
+    text = repr(value).replace("\n", "\\n")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class PointRejected(ValueError):

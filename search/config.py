@@ -58,6 +58,9 @@ class StudyConfig:
     seed: int
     sampler: SamplerConfig
     pruner: PrunerConfig
+    nan: str = "fail"  # a non-finite reported metric: fail the trial, or prune it
+    max_retries: int = 2  # re-runs of params whose trial a crash or a lost worker cut short
+    trial_timeout: float | None = None  # seconds; a trial running longer fails
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ def resolve_path(name: str) -> Path:
     p = Path(name).expanduser()
     if p.is_file():
         return p
+    if p.is_dir():
+        raise ConfigError("", None, "is a directory; give a config file (a .yaml) in it", file=name)
     for candidate in (p.name, p.name + ".yaml", p.name + ".yml"):
         bundled = bundled_dir() / candidate
         if bundled.is_file():
@@ -123,8 +128,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError("--set", text, "must look like a.b.c=value")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError("--set", text, f"the value is not valid YAML ({problem}); quote it to pass a string") from None
     return key.strip().split("."), parsed
 
 
@@ -179,9 +185,11 @@ def load(name: str, overrides: list[str] | None = None, cwd: Path | None = None)
     """Read, override and validate a config. Raises ConfigError carrying the file name."""
     path = resolve_path(name)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError("", None, f"cannot read: {err.strerror}", file=name) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("", None, f"not UTF-8 text (byte {err.start}): a config is a YAML file", file=name) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -220,6 +228,9 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
         "n_trials": (20, at_least(1)),
         "storage": (DEFAULT_STORAGE, STORAGE_URL),
         "seed": (0, at_least(0)),
+        "nan": ("fail", Options("fail", "prune")),
+        "max_retries": (2, at_least(0)),
+        "trial_timeout": (None, Nullable(POSITIVE)),
     }, ignore=("sampler", "pruner"))
     sampler = SamplerConfig(*samplers.parse("study.sampler", raw_study.get("sampler"), "sampler", "tpe"))
     pruner = PrunerConfig(*samplers.parse("study.pruner", raw_study.get("pruner"), "pruner", "median"))

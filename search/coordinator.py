@@ -1,42 +1,38 @@
-"""The coordinator: the one owner of the Optuna study and of every MLflow write.
+"""The coordinator: the single writer of the Optuna study while a run lasts.
 
-Workers call ``ask`` for work, ``report`` after each epoch (the answer says whether to
-prune), and ``finish`` at the end. Running as a single-threaded Ray actor, it serialises
-every storage write: SQLite sees one writer, and no tracking URI travels to workers.
+Workers call ``ask`` for a ``Job``, ``report`` after each epoch (the ``Answer`` says go on,
+prune, or fail) and ``finish`` with the trial's ``Outcome``; the driver polls ``progress``
+and calls ``worker_lost`` and ``close``. Running as a single-threaded Ray actor, it
+serialises every write to the study. Its other pieces each live elsewhere: opening and
+claiming the study (``study.prepare``, in the driver), the claim's heartbeat (its own
+timer thread here), MLflow (``tracking.Tracker``, which writes from its own actor).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import yaml
 from optuna.trial import TrialState
 
-from optsearch.errors import ConfigError
-from optsearch.search import report as reports
 from optsearch.search import study as studies
 from optsearch.search.config import Config
-
-STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+from optsearch.search.protocol import Answer, Failure, Job, Outcome, Progress, finite
+from optsearch.search.storage import MirroredStorage
 
 
 @dataclass
 class Running:
     trial: optuna.Trial
-    worker: int
+    slot: int
     params: dict
-    last: dict = field(default_factory=dict)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    attempt: int
+    started: float  # time.time()
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -51,200 +47,226 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+class Heartbeat:
+    """Renews the study's claim every ``studies.BEAT_EVERY_S`` on a thread of its own, so a
+    slow driver poll or a long write never lets the claim go stale."""
+
+    def __init__(self, storage, name: str, owner: studies.Owner):
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            while not self._stop.wait(studies.BEAT_EVERY_S):
+                try:
+                    studies.heartbeat(storage, name, owner)
+                except Exception:  # noqa: BLE001 - a missed beat only ages the claim
+                    pass
+
+        self._thread = threading.Thread(target=beat, daemon=True, name="optsearch-heartbeat")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class Coordinator:
-    def __init__(self, cfg: Config, run_name: str | None = None, writer: Any = None):
-        """``writer``: an MLflow writer actor started beside this one (see ``run.py``)."""
+    def __init__(self, cfg: Config, owner: studies.Owner, writer: Any = None, run_name: str | None = None):
+        """``owner``: the driver's claim (``study.prepare``); ``writer``: an MLflow writer
+        actor started beside this one (``run.py``)."""
         quiet_libraries()
+        studies.exit_with(owner)
         self.cfg = cfg
         self.metric = cfg.study.metric
-        self.issued = 0
+        self.storage = MirroredStorage(studies.make_storage(cfg.study.storage))
+        self.study = studies.open_study(cfg.study, self.storage, conditional=cfg.space.conditional)
+        self.counted_before = studies.counted(self.study)
         self.running: dict[int, Running] = {}
-        self.done = {"complete": 0, "pruned": 0, "failed": 0}
-        self.errors: list[str] = []
+        self.tally: Counter = Counter()  # this run: complete, pruned, failed (counted), retried
+        self.finished_by_slot: Counter = Counter()  # trials each worker slot finished since its last loss
+        self.notes: list[str] = []  # what the summary must say: failures, given-up params
         self.stopping = False
-        self.best_value: float | None = None
+        best = _best(self.study)
+        self.best = None if best is None else best.value
+        self.heartbeat = Heartbeat(self.storage, cfg.study.name, owner)
         self.tracker = None
-        # Bad input found here (an unreadable storage, a stored study that disagrees with
-        # the config) goes back to the driver as a ConfigError, not an actor crash.
-        self.fatal: tuple | None = None
-        try:
-            self.study, self.storage = studies.open_study(cfg.study, conditional=cfg.space.conditional)
-            studies.check_matches(self.study, cfg.study)
-            studies.claim(self.study, cfg.study, time.time())
-            self.beat = time.monotonic()
-        except ConfigError as err:
-            self.fatal = (err.key, err.value, err.message)
-        except Exception as err:
-            self.fatal = ("study.storage", cfg.study.storage, f"cannot open the study: {type(err).__name__}: {err}")
-        if self.fatal:
-            self.abandoned, self.finished_before, self.budget = [], 0, 0
-            return
-        self.abandoned = studies.abandon_stale(self.study, self.storage)
-        self.finished_before = studies.finished_count(self.study)
-        self.budget = max(0, cfg.study.n_trials - self.finished_before)
-        best = reports.best_trial(self.study)
-        if best is not None:
-            self.best_value = best.value
-        if cfg.tracking.enabled:
+        if cfg.tracking.enabled and self.counted_before < cfg.study.n_trials:  # nothing to run: no parent run
             from optsearch.search.tracking import Tracker
 
             self.tracker = Tracker(
                 cfg.tracking.uri, cfg.experiment,
                 run_name or f"{cfg.study.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                 {"optsearch.study": cfg.study.name, "optsearch.storage": cfg.study.storage,
-                 "optsearch.role": "study", "optsearch.config": cfg.path},
+                 "optsearch.metric": cfg.study.metric, "optsearch.role": "study", "optsearch.config": cfg.path},
                 yaml.safe_dump(cfg.raw, sort_keys=False),
                 actor=writer,
+                before=len(self.study.get_trials(deepcopy=False)),
             )
 
     # --- the worker protocol -------------------------------------------------------------
-    def ask(self, worker: int) -> dict | None:
-        """The next trial's job, or None when the budget is spent or the study is stopping."""
-        while not self.stopping and self.issued < self.budget:
-            self.issued += 1
+    @property
+    def counted(self) -> int:
+        return self.counted_before + self.tally["complete"] + self.tally["pruned"] + self.tally["failed"]
+
+    def ask(self, slot: int) -> Job | None:
+        """The next trial's job, or None when the budget is spent or the study is stopping.
+        Queued trials (retries) come before new points."""
+        while not self.stopping and self.counted + len(self.running) < self.cfg.study.n_trials:
             trial = self.study.ask()
+            attempt = trial.user_attrs.get(studies.ATTEMPT, 0)
+            running = Running(trial, slot, {}, attempt, time.time())
             try:
                 params = self.cfg.space.sample(trial)
-            except Exception as err:  # a sampled point the builders reject: record, go on
-                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
-                self.errors.append(f"trial {trial.number}: {type(err).__name__}: {err}")
-                self.study.tell(trial, state=TrialState.FAIL)
-                self.done["failed"] += 1
+            except Exception as err:  # noqa: BLE001 - a sampled point the space rejects: record, go on
+                self._record(running, Outcome.failed(Failure.REJECTED, f"{type(err).__name__}: {err}"))
                 continue
+            running.params = params
             trial.set_user_attr("params", params)
-            self.running[trial.number] = Running(trial, worker, params)
+            self.running[trial.number] = running
             if self.tracker:
-                self.tracker.trial_started(trial.number, params, {"optsearch.trial_number": str(trial.number),
-                                                                   "optsearch.state": "running"})
-            return {"number": trial.number, "params": params,
-                    "seed": trial_seed(self.cfg.study.seed, trial.number)}
+                self.tracker.trial_started(trial.number, params, self._tags(trial.number), running.started)
+            first = trial.user_attrs.get(studies.RETRY_OF, trial.number)  # a retry runs with the same seed
+            return Job(trial.number, params, trial_seed(self.cfg.study.seed, first), attempt)
         return None
 
-    def report(self, number: int, step: int, metrics: dict[str, float]) -> bool:
-        """Record one epoch's metrics; True means: prune this trial now."""
-        run = self.running[number]
-        if self.metric not in metrics:
-            raise KeyError(f"reported metrics {sorted(metrics)} lack the study metric {self.metric!r}")
-        run.last = metrics
-        run.trial.report(metrics[self.metric], step)
+    def report(self, number: int, step: int, metrics: dict[str, float]) -> Answer:
+        """Record one epoch's metrics; the answer says whether to go on, prune or fail."""
+        run = self.running.get(number)
+        if run is None:  # the trial already ended (its worker was lost)
+            return Answer(fail="the trial was already ended")
         if self.tracker:
             self.tracker.trial_metrics(number, step, metrics)
-        return self.stopping or run.trial.should_prune()
+        value = metrics.get(self.metric)
+        if value is None:
+            return Answer(fail=f"reported metrics {sorted(metrics)} lack the study metric {self.metric!r}")
+        if not finite(value):
+            reason = f"{self.metric} is {value} at step {step}"
+            return Answer(prune=True) if self.cfg.study.nan == "prune" else Answer(fail=reason)
+        run.trial.report(value, step)
+        return Answer(prune=run.trial.should_prune())
 
-    def finish(self, number: int, state: str, metrics: dict[str, float] | None = None,
-               budget: dict | None = None, error: str | None = None) -> None:
-        """A trial ended: ``state`` is complete, pruned or failed."""
-        value = None
-        metrics = metrics or {}
-        if state == "complete":
-            value = metrics.get(self.metric)
-            if value is None or value != value:  # missing or NaN
-                state, error = "failed", error or f"final metrics lack a finite {self.metric!r}: {metrics}"
-        if budget is not None:
-            self.running[number].trial.set_user_attr("build", budget)
-        self._tell(number, state, value, metrics, error=error, budget=budget)
+    def finish(self, number: int, outcome: Outcome) -> None:
+        """A trial ended; ``outcome`` from its worker."""
+        run = self.running.get(number)
+        if run is None:
+            return
+        if outcome.state == TrialState.COMPLETE:
+            value = outcome.metrics.get(self.metric)
+            if value is None:
+                outcome = Outcome.failed(Failure.TRAINER, f"the final metrics {sorted(outcome.metrics)} lack "
+                                                          f"{self.metric!r}", metrics=outcome.metrics, build=outcome.build)
+            elif not finite(value):
+                outcome = Outcome.failed(Failure.NON_FINITE, f"the final {self.metric} is {value}",
+                                         metrics=outcome.metrics, build=outcome.build)
+        self._record(run, outcome)
 
-    def worker_lost(self, worker: int, reason: str) -> None:
-        """A worker died (its process crashed): its trial fails, the study goes on."""
+    def worker_lost(self, slot: int, reason: str) -> dict:
+        """A worker actor died: its trial (if any) fails as ``lost`` and is retried.
+        Returns ``{"trial": that trial's number or None, "finished": trials the slot
+        finished since its previous loss}``."""
+        lost = None
         for number, run in list(self.running.items()):
-            if run.worker == worker:
-                self._tell(number, "failed", None, run.last, error=f"worker lost: {reason}")
+            if run.slot == slot:
+                self._record(run, Outcome.failed(Failure.LOST, f"worker lost: {reason}"))
+                lost = number
+        return {"trial": lost, "finished": self.finished_by_slot.pop(slot, 0)}
 
     def stop(self) -> None:
-        """Hand out no more trials; running ones are pruned at their next report."""
+        """Hand out no more trials."""
         self.stopping = True
 
     # --- bookkeeping ---------------------------------------------------------------------
-    def _tell(self, number: int, state: str, value: float | None, metrics: dict, *,
-              error: str | None = None, budget: dict | None = None) -> None:
-        run = self.running.pop(number, None)
-        trial_obj = run.trial if run else number
-        if error:
-            self.errors.append(f"trial {number}: {error}")
-            if run is not None:
-                run.trial.set_user_attr("error", error[:2000])
-        for k, v in metrics.items():
-            if k != self.metric and run is not None:
-                run.trial.set_user_attr(f"final_{k}", v)
-        self.study.tell(trial_obj, value if state == "complete" else None, state=STATE[state])
-        self.done[state] += 1
-        if state == "complete" and value is not None:
-            better = self.best_value is None or (
-                value > self.best_value if self.cfg.study.direction == "maximize" else value < self.best_value
-            )
-            if better:
-                self.best_value = value
+    def _tags(self, number: int) -> dict[str, str]:
+        return {"optsearch.study": self.cfg.study.name, "optsearch.trial_number": str(number)}
+
+    def _record(self, run: Running, outcome: Outcome) -> None:
+        """Tell Optuna (and MLflow) how ``run`` ended; retry its params when the
+        infrastructure failed it and attempts are left."""
+        self.running.pop(run.trial.number, None)
+        trial, state = run.trial, outcome.state
+        if outcome.failure not in (Failure.LOST, Failure.INTERRUPTED):
+            self.finished_by_slot[run.slot] += 1
+        for k, v in outcome.metrics.items():
+            if k != self.metric:
+                trial.set_user_attr(f"final_{k}", v)
+        if outcome.build is not None:
+            trial.set_user_attr("build", outcome.build)
+        retried = False
+        if state == TrialState.FAIL:
+            failure = outcome.failure or Failure.TRAINER
+            trial.set_user_attr(studies.FAILURE, failure.value)
+            trial.set_user_attr("error", (outcome.error or failure.value)[:2000])
+            self.notes.append(f"trial {trial.number} failed ({failure.value}): "
+                              f"{(outcome.error or '').strip().splitlines()[0][:300] if outcome.error else ''}")
+            if failure.infrastructure:
+                attempt = run.attempt + (failure != Failure.INTERRUPTED)
+                retried = attempt <= self.cfg.study.max_retries
+                if retried:
+                    trial.set_user_attr(studies.RETRIED, True)
+                else:
+                    self.notes.append(f"trial {trial.number}: its params failed {attempt} times by {failure.value}; "
+                                      "given up, the study goes on with others")
+        value = outcome.metrics.get(self.metric) if state == TrialState.COMPLETE else None
+        self.study.tell(trial, value, state=state)
+        if retried:
+            studies.requeue(self.study, trial, attempt)
+        self.tally["retried" if retried else {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+                                              TrialState.FAIL: "failed"}[state]] += 1
+        if value is not None and (self.best is None or (value > self.best) == (self.cfg.study.direction == "maximize")):
+            self.best = value
         if self.tracker:
-            tags = {"optsearch.trial_number": str(number), "optsearch.state": state}
-            if error:
-                tags["optsearch.error"] = error[:5000]
-            self.tracker.trial_finished(number, state, value, tags, run.params if run else None, budget)
+            tags = {**self._tags(trial.number), "optsearch.state": _state_name(state, outcome.failure)}
+            if outcome.error:
+                tags["optsearch.error"] = outcome.error[:5000]
+            self.tracker.trial_finished(trial.number, state, value, tags, run.params, outcome.build, time.time())
 
     # --- views ---------------------------------------------------------------------------
-    def progress(self) -> dict:
-        if self.tracker:
-            self.tracker.tick()  # buffered epoch metrics reach MLflow within a second
-        if not self.fatal and time.monotonic() - self.beat > studies.STALE_AFTER_S / 4:
-            studies.heartbeat(self.study, time.time())  # the driver polls progress every 0.25 s
-            self.beat = time.monotonic()
-        return {
-            "total": self.cfg.study.n_trials,
-            "before": self.finished_before,
-            "budget": self.budget,
-            **self.done,
-            "running": len(self.running),
-            "best": self.best_value,
-            "stopping": self.stopping,
-            "peak_rss_mb": _peak_rss_mb(),
-            "fatal": self.fatal,
-        }
+    def progress(self) -> Progress:
+        return Progress(target=self.cfg.study.n_trials, counted=self.counted, complete=self.tally["complete"],
+                        pruned=self.tally["pruned"], failed=self.tally["failed"], retried=self.tally["retried"],
+                        running=len(self.running), best=self.best, stopping=self.stopping)
 
     def close(self, interrupted: bool = False) -> dict:
-        """Fail what is still running, log the best trial on the parent run, and summarise."""
-        if self.fatal:
-            return {"fatal": self.fatal}
-        for number, run in list(self.running.items()):
-            self._tell(number, "failed", None, run.last, error="interrupted")
-        best = reports.best_trial(self.study)
+        """Fail what is still running (queued again), persist, close MLflow; the summary."""
+        for run in list(self.running.values()):
+            self._record(run, Outcome.failed(Failure.INTERRUPTED, "interrupted: the run stopped before the trial "
+                                                                  "ended; it runs again at the next start"))
+        best = _best(self.study)
         summary: dict[str, Any] = {
             "study": self.cfg.study.name,
             "storage": self.cfg.study.storage,
-            "counts": reports.counts(self.study),
-            "this_run": dict(self.done),
-            "abandoned": self.abandoned,
-            "errors": self.errors[-20:],
-            "best": None,
+            "target": self.cfg.study.n_trials,
+            "counts": studies.counts(self.study),
+            "this_run": {k: self.tally[k] for k in ("complete", "pruned", "failed", "retried")},
+            "notes": self.notes[-30:],
+            "best": None if best is None else {"number": best.number, "value": best.value,
+                                                "params": best.user_attrs.get("params", best.params)},
+            "errors": [],
         }
-        if best is not None:
-            summary["best"] = {"number": best.number, "value": best.value,
-                               "params": best.user_attrs.get("params", best.params)}
+        self.heartbeat.stop()
         try:
-            studies.release(self.study)
-            studies.flush_study(self.storage)  # the persistent store holds every trial before we return
+            self.storage.close()  # every write is in the persistent store before we return
+            self.storage.backend.engine.dispose()  # no connection outlives the run (WAL files settle)
             studies.checkpoint_sqlite(self.cfg.study.storage)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - said in the summary
             summary["errors"].append(f"saving to {self.cfg.study.storage}: {err}")
         finally:
             if self.tracker:
-                try:
-                    if best is not None:
-                        self._log_best(best)
-                finally:
-                    info = self.tracker.close("KILLED" if interrupted else "FINISHED")
-                    summary["tracking"] = {**info, "uri": self.cfg.tracking.uri}
+                if best is not None:
+                    self.tracker.study_summary(best.number, best.value, best.user_attrs.get("params", best.params),
+                                               best.user_attrs.get("build"), self.cfg.study.name)
+                summary["tracking"] = {**self.tracker.close("KILLED" if interrupted else "FINISHED"),
+                                       "uri": self.cfg.tracking.uri}
         return summary
 
-    def _log_best(self, best: optuna.trial.FrozenTrial) -> None:
-        params = best.user_attrs.get("params", best.params)
-        budget = best.user_attrs.get("build")
-        texts: dict[str, str] = {"best_params.yaml": yaml.safe_dump(
-            {"trial": best.number, "value": best.value, "params": params, "build": budget}, sort_keys=False)}
-        if budget:
-            try:
-                from optsearch.spaces.export import to_python
 
-                texts["best_optimizer.py"] = to_python(
-                    params, budget, header=f"study {self.cfg.study.name}, trial {best.number}")
-            except Exception as err:
-                self.errors.append(f"export of trial {best.number}: {err}")
-        self.tracker.study_summary(best.value, best.number, params, budget, texts)
+def _state_name(state: TrialState, failure: Failure | None) -> str:
+    if state == TrialState.FAIL and failure is not None and failure.infrastructure:
+        return "retried"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[state]
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None

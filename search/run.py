@@ -1,9 +1,20 @@
-"""The driver: start Ray, the coordinator and the workers, show progress, summarise."""
+"""The driver: check and claim the study, start Ray, the coordinator and the workers, keep
+workers alive, show progress, summarise.
+
+Everything a user can get wrong is checked before Ray starts (the config, the storage, the
+stored study, the tracking store, the Ray address), so it is a one-line error within
+seconds. While the study runs, a worker actor that dies is replaced (its trial is retried);
+one that keeps dying before running a trial is given up; when every worker is given up,
+the study stops and says how far it got.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import tempfile
+from collections import Counter
 
 import ray
 from rich.console import Console
@@ -11,21 +22,58 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from optsearch.errors import ConfigError
+from optsearch.search import study as studies
+from optsearch.search import urls
 from optsearch.search.config import Config
 from optsearch.search.coordinator import Coordinator
 from optsearch.search.workers import Placement, TrialWorker, plan
+
+GIVE_UP_AFTER = 3  # a worker slot whose actor dies this many times in a row without finishing a trial
+
+
+def check_tracking(cfg: Config) -> None:
+    """A local MLflow store must be writable: else one line now, not minutes of retries."""
+    path = urls.sqlite_path(cfg.tracking.uri) if cfg.tracking.enabled else None
+    if path is None:
+        return
+    try:
+        if path.exists():
+            with open(path, "r+b"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".optsearch-write-test-"):
+                pass
+    except OSError as err:
+        raise ConfigError("tracking.uri", cfg.tracking.uri, f"cannot write the MLflow store there: "
+                                                            f"{err.strerror or err}") from None
+
+
+def check_ray_address(address: str | None) -> None:
+    """Something answers at a Ray address (a dead one would hang ``ray.init`` for minutes)."""
+    if address in (None, "", "auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--ray-address", address, "must look like HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise ConfigError("--ray-address", address, f"nothing answers there: {err.strerror or err}") from None
 
 
 def init_ray(address: str | None = None) -> bool:
     """Join ``address``, or start a local Ray. Returns True when this call started it."""
     if ray.is_initialized():
         return False
+    check_ray_address(address)
     try:
         ray.init(address=address, include_dashboard=False, logging_level="ERROR")
     except (ConnectionError, ValueError, RuntimeError) as err:
         if address is None:
             raise
-        raise ConfigError("--ray-address", address, f"cannot join the Ray cluster: {err}") from None
+        message = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ConfigError("--ray-address", address, f"cannot join the Ray cluster: {message}") from None
     return True
 
 
@@ -36,67 +84,83 @@ def _here() -> dict:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
 
 
-def _progress_line(p: dict) -> str:
-    best = "-" if p["best"] is None else f"{p['best']:.4f}"
-    return (f"[green]done {p['complete']}[/] [yellow]pruned {p['pruned']}[/] [red]failed {p['failed']}[/] "
-            f"[cyan]running {p['running']}[/]  best {best}")
-
-
 def run_study(cfg: Config, workers: int | None = None, ray_address: str | None = None,
-              console: Console | None = None, poll: float = 0.25) -> dict:
+              console: Console | None = None, poll: float = 0.25, allow_space_change: bool = False) -> dict:
+    """Run (or resume) the study to its ``n_trials``. Returns the summary; ``ConfigError``
+    on bad input (before anything is stored)."""
     console = console or Console(stderr=True)
-    started = init_ray(ray_address)
+    check_tracking(cfg)
+    prepared = studies.prepare(cfg, allow_space_change)
     try:
-        return _run(cfg, workers, console, poll)
+        for number in prepared.recovered:
+            console.print(f"trial {number} was left running by a run that died: failed as interrupted, "
+                          "its params queued again")
+        if prepared.counted >= cfg.study.n_trials:
+            console.print(f"study {cfg.study.name!r} already has {prepared.counted} of {cfg.study.n_trials} "
+                          "trials; raise study.n_trials (--set study.n_trials=N) to run more")
+            return stored_summary(cfg)
+        started = init_ray(ray_address)
+        try:
+            return _run(cfg, prepared, workers, console, poll)
+        finally:
+            if started:
+                ray.shutdown()
     finally:
-        if started:
-            ray.shutdown()
+        studies.release_claim(cfg.study, prepared.owner)
 
 
-def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dict:
+def stored_summary(cfg: Config) -> dict:
+    """The summary of a stored study, when this run has nothing to do."""
+    import optuna
+
+    study = optuna.load_study(study_name=cfg.study.name, storage=cfg.study.storage)
+    best = next(iter(study.best_trials), None) if study.get_trials(deepcopy=False) else None
+    return {"study": cfg.study.name, "storage": cfg.study.storage, "target": cfg.study.n_trials,
+            "counts": studies.counts(study), "this_run": {}, "notes": [], "errors": [],
+            "best": None if best is None else {"number": best.number, "value": best.value,
+                                                "params": best.user_attrs.get("params", best.params)}}
+
+
+def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: Console, poll: float) -> dict:
     placement: Placement = plan(ray.cluster_resources(), workers or cfg.workers.count, cfg.workers.trials_per_gpu)
+    left = cfg.study.n_trials - prepared.counted
+    n = min(placement.count, left)
     writer = None
     if cfg.tracking.enabled:  # MLflow's imports and store start beside the coordinator's
         from optsearch.search.tracking import writer_actor
 
-        writer = writer_actor(cfg.tracking.uri, cfg.experiment, **_here())
-    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(cfg, None, writer)
-    # Workers import torch and load their trainer while the coordinator opens the study.
+        writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
+    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
+        cfg, prepared.owner, writer)
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
-    actors = [actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
-                           [os.getcwd()]) for _ in range(placement.count)]
+
+    def spawn():  # workers import and load their trainer while the coordinator opens the study
+        return actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
+                            [os.getcwd()], cfg.study.trial_timeout)
+
+    slots = [spawn() for _ in range(n)]
     interrupted = False
     fatal: ConfigError | None = None
     summary: dict = {}
-    n = 0
     try:
-        progress = ray.get(coord.progress.remote())
-        if progress["fatal"]:
-            fatal = ConfigError(*progress["fatal"])
-        elif progress["budget"] == 0:
-            console.print(f"study {cfg.study.name!r} already has {progress['before']} of {cfg.study.n_trials} "
-                          "trials; raise study.n_trials (--set study.n_trials=N) to run more")
-        else:
-            n = min(placement.count, progress["budget"])
-            for a in actors[n:]:
-                ray.kill(a)
-            console.print(f"study [bold]{cfg.study.name}[/]: {progress['before']} trials stored, running "
-                          f"{progress['budget']} more on {n} {placement.kind} worker(s)")
-            fatal = _drive(coord, actors[:n], console, poll, progress["budget"])
+        console.print(f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
+                      f"running {left} more on {n} {placement.kind} worker(s)")
+        fatal = _drive(coord, slots, spawn, console, poll, left)
     except KeyboardInterrupt:
         interrupted = True
-        console.print("[yellow]interrupted: stopping; finished trials are kept[/]")
+        console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at the "
+                      "next start[/]")
     finally:
-        for a in actors:
-            ray.kill(a)
+        for a in slots:
+            if a is not None:
+                ray.kill(a)
         try:
             summary = ray.get(coord.close.remote(interrupted))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C: leave now; the next start recovers the rest
             interrupted = True
         except ray.exceptions.RayError as err:
             console.print(f"[red]closing the study failed: {err}[/]")
-        if summary.get("fatal") and writer is not None:
-            ray.kill(writer)  # the study never opened: no MLflow run was started
+        ray.kill(coord)
     if fatal is not None:
         raise fatal
     summary["interrupted"] = interrupted
@@ -104,44 +168,80 @@ def _run(cfg: Config, workers: int | None, console: Console, poll: float) -> dic
     return summary
 
 
-def _drive(coord, actors: list, console: Console, poll: float, budget: int) -> ConfigError | None:
-    """Run the workers to the end with a live progress bar; returns a trainer's bad-input error."""
-    pending = {a.run.remote(coord, i): i for i, a in enumerate(actors)}
+def _death(err: Exception) -> str:
+    """Why a worker actor died, from Ray's error (Ray does not give the exit code)."""
+    text = str(err)
+    detail = text.split("Worker exit detail:", 1)[1].strip().split(". ")[0] if "Worker exit detail:" in text else ""
+    pid = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.strip().startswith("pid:")), "?")
+    cause = getattr(err, "cause", None)
+    if cause is not None:
+        return f"its actor (pid {pid}) raised {type(cause).__name__}: {str(cause)[:300]}"
+    return f"its actor (pid {pid}) died" + (f": {detail}" if detail else " (killed, or its node was lost)")
+
+
+def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int) -> ConfigError | None:
+    """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
+    trainer's bad-input error (the study stops)."""
+    pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
+    deaths_in_row: Counter = Counter()
     fatal = None
-    columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("", total=budget)
+    columns = (TextColumn("[bold]trials"), BarColumn(bar_width=None), MofNCompleteColumn(),
+               TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, expand=True) as bar:
+        task = bar.add_task("", total=left)
         while pending:
             ready, _ = ray.wait(list(pending), timeout=poll)
             for ref in ready:
-                worker = pending.pop(ref)
+                slot = pending.pop(ref)
                 try:
                     ray.get(ref)
+                    slots[slot] = None  # done: no more jobs
+                    continue
                 except ray.exceptions.RayError as err:
                     cause = getattr(err, "cause", None)
                     if isinstance(cause, ConfigError):  # bad trainer input: the study stops, exit 2
                         fatal = fatal or cause
+                        ray.get(coord.stop.remote())
                         continue
-                    reason = (f"{type(cause).__name__}: {cause}" if cause is not None
-                              else (str(err).strip().splitlines() or ["actor died"])[-1])[:500]
-                    ray.get(coord.worker_lost.remote(worker, reason))
-                    console.print(f"[red]worker {worker} lost[/]: {reason}")
+                    reason = _death(err)
+                lost = ray.get(coord.worker_lost.remote(slot, reason))
+                ray.kill(slots[slot])
+                deaths_in_row[slot] = 0 if lost["finished"] else deaths_in_row[slot] + 1
+                what = f"trial {lost['trial']} runs again" if lost["trial"] is not None else "it ran no trial"
+                if fatal is not None or deaths_in_row[slot] >= GIVE_UP_AFTER:
+                    slots[slot] = None
+                    console.print(f"[red]worker {slot} lost[/] ({reason}); {what}; "
+                                  + ("not replaced" if fatal else
+                                     f"it died {GIVE_UP_AFTER} times without finishing a trial: given up"))
+                    continue
+                console.print(f"[yellow]worker {slot} lost[/] ({reason}); {what}; a new worker takes its place")
+                slots[slot] = spawn()
+                pending[slots[slot].run.remote(coord, slot)] = slot
             p = ray.get(coord.progress.remote())
-            bar.update(task, completed=p["complete"] + p["pruned"] + p["failed"], description=_progress_line(p))
+            bar.update(task, completed=p.complete + p.pruned + p.failed, description=_progress_line(p))
     return fatal
+
+
+def _progress_line(p) -> str:
+    best = "-" if p.best is None else f"{p.best:.4g}"
+    retried = f" [magenta]retried {p.retried}[/]" if p.retried else ""
+    return (f"[green]complete {p.complete}[/] [yellow]pruned {p.pruned}[/] [red]failed {p.failed}[/]{retried} "
+            f"[cyan]running {p.running}[/] best {best}")
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     c = summary["counts"]
     table = Table(title=f"study {summary['study']}", show_header=True)
-    for col in ("trials", "complete", "pruned", "failed", "best value", "best trial"):
+    for col in ("trials", "complete", "pruned", "failed", "retried", "best value", "best trial"):
         table.add_column(col, justify="right")
     best = summary.get("best")
-    table.add_row(str(sum(c.values())), str(c["complete"]), str(c["pruned"]), str(c["failed"]),
+    table.add_row(f"{c['complete'] + c['pruned'] + c['failed']} of {summary['target']}", str(c["complete"]),
+                  str(c["pruned"]), str(c["failed"]), str(c.get("retried", 0)),
                   "-" if not best else f"{best['value']:.4f}", "-" if not best else str(best["number"]))
     console.print(table)
+    console.print("failed: the trial's own doing (counted); retried: cut short by a crash, a lost worker or an "
+                  "interruption, and run again (not counted)", style="dim")
     if best:
         params = Table(title="best params", show_header=False)
         params.add_column("key")
@@ -151,16 +251,37 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         for k, v in flatten(best["params"]).items():
             params.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
         console.print(params)
+    for note in summary.get("notes") or []:
+        console.print(f"[yellow]{note}[/]", soft_wrap=True)
     for e in summary.get("errors") or []:
         console.print(f"[red]{e.splitlines()[0]}[/]")
     t = summary.get("tracking")
-    if t and t.get("experiment_id"):
-        from optsearch.search.tracking import ui_link
-
-        console.print(f"MLflow UI: mlflow ui --backend-store-uri {t['uri']}", soft_wrap=True)
-        console.print(f"  then open {ui_link(t['experiment_id'])}", soft_wrap=True)
+    if t:
         for e in t.get("errors") or []:
             console.print(f"[red]tracking: {e}[/]")
+        if t.get("unwritten"):
+            console.print(f"[red]MLflow: {t['unwritten']} write(s) could not be made; the study's records in "
+                          f"{summary['storage']} are complete[/]")
+        if t.get("recovered"):
+            console.print(f"MLflow: closed {len(t['recovered'])} run(s) a crashed run had left RUNNING")
+        if t.get("backfilled"):
+            console.print(f"MLflow: logged {t['backfilled']} finished trial(s) that had no run (from {summary['storage']})")
+        if t.get("experiment_id"):
+            from optsearch.search.tracking import ui_link
+
+            console.print(f"MLflow UI: mlflow ui --backend-store-uri {t['uri']}", soft_wrap=True)
+            console.print(f"  then open {ui_link(t['experiment_id'])}", soft_wrap=True)
     console.print(f"best config as code: optsearch export {summary['study']} --storage {summary['storage']}",
                   soft_wrap=True)
     sys.stdout.flush()
+
+
+def unfinished(summary: dict) -> str | None:
+    """Why a run ended before the study's n_trials, when it did (not by Ctrl-C)."""
+    c = summary.get("counts") or {}
+    have = c.get("complete", 0) + c.get("pruned", 0) + c.get("failed", 0)
+    if summary.get("interrupted") or not c or have >= summary.get("target", 0):
+        return None
+    return (f"study {summary['study']!r}: every worker died and could not be replaced; {have} of "
+            f"{summary['target']} trials count (those that ran are kept; run the same command to continue)")
+

@@ -1,31 +1,45 @@
-"""Storage, sampler and pruner -> an ``optuna.Study``; the budget is the study's total."""
+"""The Optuna study: storage, sampler and pruner, ownership, what counts against the budget.
+
+- ``prepare`` runs in the driver before Ray starts, so a bad storage, a stored study that
+  disagrees with the config, or a live owner is a one-line error within seconds. It claims
+  the study for this process and recovers what a crashed run left behind: trials left
+  RUNNING fail as ``interrupted`` and their params are queued again.
+- ``open_study`` opens it for the coordinator, the study's single writer while it runs.
+- The budget: ``study.n_trials`` counts finished trials that count (``counts``): complete,
+  pruned, and failures of the trial's own doing (``protocol.Failure``); a trial failed by a
+  crash, a lost worker or an interruption was queued again and does not count.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from optsearch.errors import ConfigError
 from optsearch.search import samplers, urls
-from optsearch.search.config import PrunerConfig, SamplerConfig, StudyConfig
+from optsearch.search.config import Config, PrunerConfig, SamplerConfig, StudyConfig
+from optsearch.search.protocol import Failure
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+OWNER = "optsearch.owner"  # study system attrs: internal bookkeeping, not shown as user attrs
+SPACE = "optsearch.space"
+STALE_AFTER_S = 60.0  # an owner on another host not heard from for this long is taken to be gone
+BEAT_EVERY_S = STALE_AFTER_S / 4
+# Trial user attrs this module reads and writes.
+FAILURE, RETRIED, ATTEMPT, RETRY_OF = "failure", "retried", "attempt", "retry_of"
 
 
-def make_sampler(cfg: SamplerConfig, conditional: bool = False) -> optuna.samplers.BaseSampler:
-    """``conditional``: the space has params that exist only for some variants/schedules.
-
-    TPE's ``group`` mode models such spaces per group of co-occurring params; it costs a
-    pass over every trial per ask, so ``group: auto`` enables it only where it matters.
-    """
-    return samplers.make("sampler", cfg.name, cfg.options, conditional)
-
-
-def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    return samplers.make("pruner", cfg.name, cfg.options)
-
-
+# --- storage ------------------------------------------------------------------------------
 def fast_sqlite() -> None:
     """WAL journal and synchronous=NORMAL for every SQLite engine of this process.
 
@@ -65,110 +79,310 @@ def checkpoint_sqlite(url: str) -> None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock beside an SQLite store while it is created or migrated.
+
+    Optuna's and MLflow's stores create their tables (and run alembic migrations) on first
+    open: two processes opening a fresh store at once race ("table ... already exists",
+    "UNIQUE constraint failed: alembic_version"). Other databases: no lock (their servers
+    serialise schema changes).
+    """
+    path = urls.sqlite_path(url)
+    if path is None:
+        yield
+        return
+    lock = Path(f"{path}.lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """The Optuna storage behind an SQLAlchemy URL (the only kind a config accepts)."""
-    engine_kwargs = {}
+    """The Optuna storage behind an SQLAlchemy URL (the only kind a config accepts),
+    created under ``creation_lock``. A server that does not answer fails within ~10 s."""
+    engine_kwargs: dict[str, Any] = {}
     if urls.is_sqlite(url):
         fast_sqlite()
         # One writer (the coordinator) holds the file; a timeout covers readers like `export`.
         engine_kwargs = {"connect_args": {"timeout": 30}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    elif urls.parse(url) is not None and urls.parse(url).get_backend_name() in ("postgresql", "mysql"):
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}}
+    with creation_lock(url):
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def open_study(cfg: StudyConfig, mirrored: bool = True,
-               conditional: bool = False) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
-    """Create the study, or load it when it exists: re-running a config resumes it.
-
-    Returns the study and the storage it was opened on (``abandon_stale`` and
-    ``flush_study`` take that storage: ``optuna.Study`` does not expose its own).
-    ``mirrored``: serve reads from memory and write behind (``storage.MirroredStorage``);
-    only for the study's single writer, the coordinator. Call ``flush_study`` before exit.
+def make_sampler(cfg: SamplerConfig, conditional: bool = False, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """``conditional``: the space has params that exist only for some variants/schedules
+    (TPE's ``group: auto``). ``offset``: trials the study already holds. A seeded sampler
+    made anew on a resume would replay its sequence from the start (the same params again),
+    so its seed moves on with the offset: reproducible for a given resume point, new points
+    each time. QMC keeps its seed: Optuna's QMCSampler continues its sequence from the study.
     """
-    storage = make_storage(cfg.storage)
-    if mirrored:
-        from optsearch.search.storage import MirroredStorage
-
-        storage = MirroredStorage(storage)
-    study = optuna.create_study(
-        study_name=cfg.name,
-        storage=storage,
-        sampler=make_sampler(cfg.sampler, conditional),
-        pruner=make_pruner(cfg.pruner),
-        direction=cfg.direction,
-        load_if_exists=True,
-    )
-    return study, storage
+    options = dict(cfg.options)
+    if offset and options.get("seed") is not None and cfg.name != "qmc":
+        options["seed"] = (options["seed"] + 1_000_003 * offset) % 2**32
+    return samplers.make("sampler", cfg.name, options, conditional)
 
 
+def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
+    return samplers.make("pruner", cfg.name, cfg.options)
+
+
+def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, conditional: bool = False) -> optuna.Study:
+    """The stored study (``prepare`` created it), with this run's sampler and pruner."""
+    offset = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False))
+    return optuna.load_study(study_name=cfg.name, storage=storage,
+                             sampler=make_sampler(cfg.sampler, conditional, offset), pruner=make_pruner(cfg.pruner))
+
+
+# --- ownership ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Owner:
+    """The process that runs a study: host, pid, and the pid's start time (so a reused pid
+    is told apart), with its last heartbeat."""
+
+    host: str
+    pid: int
+    started: float | None
+    beat: float = 0.0
+
+    @classmethod
+    def me(cls) -> "Owner":
+        return cls(socket.gethostname(), os.getpid(), process_start(os.getpid()), time.time())
+
+    def alive(self, now: float) -> bool:
+        """On this host: whether that very process still runs (a dead or reused pid lapses at
+        once). Elsewhere: whether it beat within ``STALE_AFTER_S``."""
+        if self.host != socket.gethostname():
+            return now - self.beat < STALE_AFTER_S
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, another user's
+        started = process_start(self.pid)
+        return self.started is None or started is None or abs(started - self.started) < 1.0
+
+
+def exit_with(owner: Owner, every: float = 0.5) -> None:
+    """End this process as soon as ``owner`` (the driver, on this host) is gone.
+
+    The coordinator and the MLflow writer call it: if the driver is killed, they must not
+    go on writing while the next run, which the lapsed claim lets start at once, recovers
+    the study. (Ray also ends a dead driver's actors, but not at once.)"""
+    import threading
+
+    if owner.host != socket.gethostname():
+        return
+
+    def watch() -> None:
+        while owner.alive(time.time()):
+            time.sleep(every)
+        os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="optsearch-exit-with-driver").start()
+
+
+def process_start(pid: int) -> float | None:
+    """When ``pid`` started (seconds since boot, from /proc), or None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int:
+    return storage.get_study_id_from_name(name)
+
+
+def owner_of(storage: optuna.storages.BaseStorage, name: str) -> Owner | None:
+    raw = storage.get_study_system_attrs(_study_id(storage, name)).get(OWNER)
+    return Owner(**raw) if raw else None
+
+
+def heartbeat(storage: optuna.storages.BaseStorage, name: str, owner: Owner) -> None:
+    storage.set_study_system_attr(_study_id(storage, name), OWNER, asdict(owner) | {"beat": time.time()})
+
+
+def release(storage: optuna.storages.BaseStorage, name: str, owner: Owner) -> None:
+    """Clear the claim, if it is still ``owner``'s."""
+    current = owner_of(storage, name)
+    if current is not None and (current.host, current.pid) == (owner.host, owner.pid):
+        storage.set_study_system_attr(_study_id(storage, name), OWNER, None)
+
+
+def claim(storage: optuna.storages.BaseStorage, cfg: StudyConfig, owner: Owner) -> None:
+    """Make ``owner`` the study's single writer, or refuse while another one is alive."""
+    current = owner_of(storage, cfg.name)
+    now = time.time()
+    if current is not None and (current.host, current.pid) != (owner.host, owner.pid) and current.alive(now):
+        raise ConfigError("study.name", cfg.name,
+                          f"is being run by another optsearch process (pid {current.pid} on {current.host}, "
+                          f"seen {now - current.beat:.0f} s ago); wait for it to end or use another study.name")
+    heartbeat(storage, cfg.name, owner)
+
+
+# --- checks against the stored study ----------------------------------------------------------
 def check_matches(study: optuna.Study, cfg: StudyConfig) -> None:
-    """A stored study must keep the direction and metric it was created with."""
-    from optsearch.errors import ConfigError
-
+    """A stored study keeps the direction and metric it was created with."""
     direction = study.direction.name.lower()
     if direction != cfg.direction:
         raise ConfigError("study.direction", cfg.direction,
                           f"study {cfg.name!r} in {cfg.storage} was created to {direction}; use another study.name")
-    stored = study.user_attrs.get("optsearch.metric")
+    stored = (study.metric_names or [study.user_attrs.get("optsearch.metric")])[0]  # (older studies: a user attr)
     if stored is None:
-        study.set_user_attr("optsearch.metric", cfg.metric)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([cfg.metric])  # optuna-dashboard shows it instead of "Objective 0"
     elif stored != cfg.metric:
         raise ConfigError("study.metric", cfg.metric,
                           f"study {cfg.name!r} in {cfg.storage} optimises {stored!r}; use another study.name")
 
 
-OWNER = "optsearch.owner"
-STALE_AFTER_S = 60.0  # an owner not heard from for this long is taken to be gone
+def check_space(storage: optuna.storages.BaseStorage, cfg: Config, allow_change: bool) -> None:
+    """The stored study was run with the same search space, or the run is refused.
 
-
-def me() -> dict:
-    import os
-    import socket
-
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def claim(study: optuna.Study, cfg: StudyConfig, now: float) -> None:
-    """Make this process the study's single writer, or refuse while another one is alive.
-
-    The owner renews ``beat`` while it runs (``heartbeat``) and clears it on close; after a
-    crash, the claim goes stale after STALE_AFTER_S seconds.
+    Trials of two spaces mixed under one name compare the incomparable, and a knob whose
+    kind changed (range to choices) cannot be stored at all. ``allow_change`` continues
+    with a changed space (the new space is recorded), except for such a kind change.
     """
-    from optsearch.errors import ConfigError
-
-    owner = study.user_attrs.get(OWNER)
-    if owner and {k: owner.get(k) for k in ("host", "pid")} != me() and now - owner.get("beat", 0) < STALE_AFTER_S:
-        raise ConfigError("study.name", cfg.name,
-                          f"is being run by another optsearch process (pid {owner.get('pid')} on {owner.get('host')}, "
-                          f"seen {now - owner['beat']:.0f} s ago); wait for it to end or use another study.name")
-    heartbeat(study, now)
-
-
-def heartbeat(study: optuna.Study, now: float) -> None:
-    study.set_user_attr(OWNER, {**me(), "beat": now})
-
-
-def release(study: optuna.Study) -> None:
-    study.set_user_attr(OWNER, None)
-
-
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    now = cfg.space.describe()
+    sid = _study_id(storage, cfg.study.name)
+    before = storage.get_study_system_attrs(sid).get(SPACE)
+    if before is not None and before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        kinds = [k for k in changed if k in before and k in now and _clash(before[k], now[k])]
+        if kinds or not allow_change:
+            why = (f"the kind of {kinds} changed, which Optuna cannot store in one study" if kinds
+                   else "its trials would mix with the stored ones")
+            raise ConfigError("space", changed[:6],
+                              f"study {cfg.study.name!r} in {cfg.study.storage} was run with another search space; "
+                              f"{why}: start a new study (--set study.name=NEW)"
+                              + ("" if kinds else " or pass --allow-space-change to continue"))
+    if before != now:
+        storage.set_study_system_attr(sid, SPACE, now)
 
 
-def abandon_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
-    """Trials left RUNNING by an earlier, interrupted invocation: tag them ``abandoned`` and
-    mark them FAIL; returns their numbers. ``storage``: the one ``study`` was opened on.
+def _clash(a: str, b: str) -> bool:
+    """Whether two knob descriptions (``Space.describe``) store the same Optuna param with
+    distributions of different kinds, which Optuna refuses."""
+    def kind(d: str) -> tuple[bool, str]:
+        one_minus = d.startswith("one_minus(")
+        return one_minus, (d[len("one_minus("):] if one_minus else d).split("(", 1)[0]
 
-    The coordinator is the study's only writer, so a RUNNING trial at start-up has no owner.
-    """
-    study_id = storage.get_study_id_from_name(study.study_name)
+    (om_a, ka), (om_b, kb) = kind(a), kind(b)
+    return om_a == om_b and ka != kb and "Constant" not in (ka, kb)
+
+
+# --- counting and recovery ---------------------------------------------------------------------
+def failure_of(t: FrozenTrial) -> Failure | None:
+    raw = t.user_attrs.get(FAILURE)
+    try:
+        return Failure(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def counts_against_budget(t: FrozenTrial) -> bool:
+    """Complete, pruned, or failed by its own doing (not queued again)."""
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        t.state == TrialState.FAIL and not t.user_attrs.get(RETRIED, False))
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by outcome: complete, pruned, failed (counted), retried (infrastructure
+    failures queued again), running, waiting (queued)."""
+    out = dict.fromkeys(("complete", "pruned", "failed", "retried", "running", "waiting"), 0)
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            out["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            out["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            out["retried" if t.user_attrs.get(RETRIED) else "failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == TrialState.WAITING:
+            out["waiting"] += 1
+    return out
+
+
+def counted(study: optuna.Study) -> int:
+    c = counts(study)
+    return c["complete"] + c["pruned"] + c["failed"]
+
+
+def requeue(study: optuna.Study, t: FrozenTrial, attempt: int) -> None:
+    """Queue ``t``'s params again as a new trial (it runs before any new point is sampled)."""
+    study.enqueue_trial(t.params, user_attrs={ATTEMPT: attempt, RETRY_OF: t.user_attrs.get(RETRY_OF, t.number)})
+
+
+def recover_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Trials left RUNNING by a run that died (its claim lapsed): each fails as
+    ``interrupted`` and its params are queued again. Returns their numbers."""
+    sid = _study_id(storage, study.study_name)
     numbers = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # WAITING (enqueued) stays queued
-        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
-                                    "abandoned", True)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tid = storage.get_trial_id_from_study_id_trial_number(sid, t.number)
+        storage.set_trial_user_attr(tid, FAILURE, Failure.INTERRUPTED.value)
+        storage.set_trial_user_attr(tid, "error", "interrupted: the run that ran it ended before it did")
+        storage.set_trial_user_attr(tid, RETRIED, True)
         study.tell(t.number, state=TrialState.FAIL)
+        requeue(study, t, t.user_attrs.get(ATTEMPT, 0))
         numbers.append(t.number)
     return numbers
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` found: the claim, trials that count so far, recovered trials."""
+
+    owner: Owner
+    counted: int
+    recovered: list
+
+
+def prepare(cfg: Config, allow_space_change: bool = False) -> Prepared:
+    """Before Ray starts: open (or create) the study, check it against the config, claim it,
+    and recover what a crashed run left. Bad input raises ``ConfigError`` within seconds."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = make_storage(cfg.study.storage)
+        study = optuna.create_study(study_name=cfg.study.name, storage=storage, direction=cfg.study.direction,
+                                    load_if_exists=True)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors of many kinds
+        message = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ConfigError("study.storage", cfg.study.storage, f"cannot open the study: {message}") from None
+    try:
+        check_matches(study, cfg.study)
+        owner = Owner.me()
+        claim(storage, cfg.study, owner)
+        try:
+            check_space(storage, cfg, allow_space_change)
+            recovered = recover_interrupted(study, storage)
+        except BaseException:
+            release(storage, cfg.study.name, owner)
+            raise
+        return Prepared(owner, counted(study), recovered)
+    finally:
+        storage.engine.dispose()
+
+
+def release_claim(cfg: StudyConfig, owner: Owner) -> None:
+    """The driver's release at the end of a run (the coordinator has closed)."""
+    storage = make_storage(cfg.storage)
+    try:
+        release(storage, cfg.name, owner)
+    finally:
+        storage.engine.dispose()
 
 
 def flush_study(storage: optuna.storages.BaseStorage) -> None:

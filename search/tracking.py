@@ -15,11 +15,16 @@ import threading
 import time
 from typing import Any
 
+from optuna.trial import TrialState
+
 from optsearch.search import urls
 
 log = logging.getLogger(__name__)
 
-STATES = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+# The one mapping from a trial's Optuna state to its MLflow run status. Pruning is a normal
+# outcome (the run says so in its optsearch.state tag), not a failure.
+STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
+RETRY_EVERY_S = 5.0  # while MLflow fails, the backlog is retried at most this often
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -44,14 +49,30 @@ def ui_link(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
     return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
+def _ms(t: float | None = None) -> int:
+    return int((time.time() if t is None else t) * 1000)
 
 
 class MlflowWriter:
-    """Synchronous MLflow writes for one invocation of a study (one parent run)."""
+    """MLflow writes for one invocation of a study (one parent run).
 
-    def __init__(self, uri: str, experiment: str):
+    Nothing is dropped when MLflow fails: a write that fails goes to a backlog, and every
+    later write queues behind it (order matters: a trial's metrics need its run). The
+    backlog is retried at most every ``RETRY_EVERY_S`` and once more at ``close``, which
+    reports how many writes could not be made.
+    """
+
+    def __init__(self, uri: str, experiment: str, owner: Any = None):
+        """``owner``: the driver's claim (``study.Owner``); the writer ends with the driver."""
+        import os
+
+        if owner is not None:
+            from optsearch.search.study import exit_with
+
+            exit_with(owner)
+
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+            os.environ.setdefault(var, value)  # a tracking server that is down costs seconds, not minutes
         import mlflow  # noqa: F401
         from mlflow import MlflowClient
 
@@ -63,20 +84,53 @@ class MlflowWriter:
             fast_sqlite()  # this process is the tracking store's only writer
         self.uri = uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=uri)
+        from optsearch.search.study import creation_lock
+
+        with creation_lock(uri):  # a fresh local store creates and migrates its schema here
+            self.client = MlflowClient(tracking_uri=uri)
+            if urls.is_sqlite(uri):
+                self.client.search_experiments(max_results=1)
         self.errors: list[str] = []
+        self.backlog: list[tuple[str, tuple]] = []
+        self._retried = 0.0
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self.runs: dict[int, str] = {}
+        self.recovered: list[str] = []  # runs a crashed invocation left RUNNING, closed at open
+        self.backfilled = 0  # finished trials that had no run, logged at open
 
-    def _guard(self, what: str, fn, *args) -> Any:
+    # --- writes that survive MLflow's failures --------------------------------------------
+    def _do(self, name: str, *args: Any) -> None:
+        """Run write ``name`` now, or queue it behind the backlog."""
+        if self.backlog and not self._drain():
+            self.backlog.append((name, args))
+            return
         try:
-            return fn(*args)
-        except Exception as err:  # tracking must never take a study down
-            message = f"mlflow {what} failed: {type(err).__name__}: {err}"
-            log.warning(message)
+            getattr(self, name)(*args)
+        except Exception as err:  # noqa: BLE001 - tracking must never take a study down
+            self._failed(name, err)
+            self.backlog.append((name, args))
+
+    def _drain(self, force: bool = False) -> bool:
+        """Retry the backlog in order; True when it is empty."""
+        if not force and time.monotonic() - self._retried < RETRY_EVERY_S:
+            return False
+        self._retried = time.monotonic()
+        while self.backlog:
+            name, args = self.backlog[0]
+            try:
+                getattr(self, name)(*args)
+            except Exception as err:  # noqa: BLE001
+                self._failed(name, err)
+                return False
+            self.backlog.pop(0)
+        return True
+
+    def _failed(self, name: str, err: Exception) -> None:
+        message = f"mlflow {name.strip('_')} failed: {type(err).__name__}: {str(err).strip()[:300]}"
+        log.warning(message)
+        if len(self.errors) < 20:
             self.errors.append(message)
-            return None
 
     def _batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         metrics = list(metrics)
@@ -85,14 +139,114 @@ class MlflowWriter:
                                   tags=tags if i == 0 else ())
 
     # --- the protocol the coordinator calls ---------------------------------------------
-    def open(self, run_name: str, tags: dict[str, str], config_text: str | None) -> None:
-        self._guard("open", self._open, run_name, tags, config_text)
+    def open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int = 0) -> None:
+        """Open the parent run; ``before``: trials numbered below it existed before this run
+        (finished ones without a run are backfilled)."""
+        self._do("_open", run_name, tags, config_text, before)
 
-    def trial_started(self, number: int, params: dict, tags: dict[str, str]) -> None:
-        self._guard("start", self._start, number, params, tags)
+    def trial_started(self, number: int, params: dict, tags: dict[str, str], started: float) -> None:
+        self._do("_start", number, params, tags, started)
 
     def metrics_batch(self, points: list) -> None:
         """Buffered (number, step, metrics, timestamp) points, one log_batch per run."""
+        self._do("_metrics", points)
+
+    def trial_finished(self, number: int, state: TrialState, value: float | None, tags: dict[str, str],
+                       params: dict | None, build: dict | None, ended: float) -> None:
+        self._do("_finish", number, state, value, tags, params, build, ended)
+
+    def study_summary(self, number: int, value: float, params: dict, build: dict | None, study: str) -> None:
+        self._do("_summary", number, value, params, build, study)
+
+    def close(self, status: str = "FINISHED") -> dict:
+        self._do("_close", status)
+        self._drain(force=True)
+        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_id, "errors": self.errors,
+                "unwritten": len(self.backlog), "recovered": self.recovered, "backfilled": self.backfilled}
+
+    # --- the writes -------------------------------------------------------------------------
+    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int) -> None:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(self.experiment,
+                                                               artifact_location=artifact_location(self.uri))
+        else:
+            self.experiment_id = exp.experiment_id
+        self._recover(tags["optsearch.study"])
+        self.parent_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        if config_text is not None:
+            self.client.log_text(self.parent_id, config_text, "config.yaml")
+        if before:
+            self._backfill(tags["optsearch.storage"], tags["optsearch.study"], tags.get("optsearch.metric", "value"),
+                           before)
+
+    def _backfill(self, storage: str, study: str, metric: str, before: int) -> None:
+        """Log the finished trials of the study that have no run here (a run that died before
+        its writer wrote them, tracking turned off then on): MLflow holds what Optuna holds."""
+        import optuna
+        from mlflow.entities import Metric, Param, RunTag
+
+        present: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "", max_results=5000, page_token=token)
+            present |= {r.data.tags.get("optsearch.trial_number") for r in page}
+            token = page.token
+            if not token:
+                break
+        stored = optuna.load_study(study_name=study, storage=storage)
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        for t in stored.get_trials(deepcopy=False, states=finished):
+            if t.number >= before or str(t.number) in present:
+                continue
+            state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
+                t.state, "retried" if t.user_attrs.get("retried") else "failed")
+            tags = {"mlflow.parentRunId": self.parent_id, "optsearch.study": study, "optsearch.state": state,
+                    "optsearch.trial_number": str(t.number), "optsearch.backfilled": "true"}
+            if t.user_attrs.get("error"):
+                tags["optsearch.error"] = str(t.user_attrs["error"])[:5000]
+            start = _ms(t.datetime_start.timestamp()) if t.datetime_start else None
+            end = _ms(t.datetime_complete.timestamp()) if t.datetime_complete else start
+            run_id = self.client.create_run(self.experiment_id, start_time=start, tags=tags,
+                                            run_name=f"trial-{t.number}").info.run_id
+            metrics = [Metric(metric, float(v), end or 0, int(step)) for step, v in sorted(t.intermediate_values.items())]
+            if t.value is not None:
+                metrics.append(Metric("value", float(t.value), end or 0, 0))
+            params = [Param(k, str(v)) for k, v in flatten(t.user_attrs.get("params") or t.params).items()]
+            self._batch(run_id, metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.client.set_terminated(run_id, STATUS[t.state], end_time=end)
+            self.backfilled += 1
+
+    def _recover(self, study: str) -> None:
+        """Close the runs a crashed invocation of this study left RUNNING (its claim has
+        lapsed, so none is live): trials FAILED, parents KILLED."""
+        stale = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+        parents = {r.info.run_id for r in stale
+                   if r.data.tags.get("optsearch.study") == study and "mlflow.parentRunId" not in r.data.tags}
+        for r in stale:
+            parent = r.data.tags.get("mlflow.parentRunId")
+            if r.info.run_id in parents:
+                self.client.set_terminated(r.info.run_id, "KILLED")
+            elif parent in parents or (parent and r.data.tags.get("optsearch.study") == study):
+                self.client.set_tag(r.info.run_id, "optsearch.state", "retried")
+                self.client.set_tag(r.info.run_id, "optsearch.error", "interrupted: the run that ran it died")
+                self.client.set_terminated(r.info.run_id, "FAILED")
+            else:
+                continue
+            self.recovered.append(r.info.run_id)
+
+    def _start(self, number: int, params: dict, tags: dict[str, str], started: float) -> None:
+        from mlflow.entities import Param
+
+        if self.parent_id is None:
+            return
+        tags = {"mlflow.parentRunId": self.parent_id, **tags}
+        run_id = self.client.create_run(self.experiment_id, start_time=_ms(started), tags=tags,
+                                        run_name=f"trial-{number}").info.run_id
+        self.runs[number] = run_id
+        self._batch(run_id, params=[Param(k, str(v)) for k, v in flatten(params).items()])
+
+    def _metrics(self, points: list) -> None:
         from mlflow.entities import Metric
 
         by_run: dict[str, list] = {}
@@ -101,74 +255,52 @@ class MlflowWriter:
             if run_id:
                 by_run.setdefault(run_id, []).extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
         for run_id, batch in by_run.items():
-            self._guard("metrics", self._batch, run_id, batch)
+            self._batch(run_id, batch)
 
-    def trial_finished(self, number: int, state: str, value: float | None, tags: dict[str, str],
-                       params: dict | None = None, budget: dict | None = None) -> None:
-        self._guard("finish", self._finish, number, state, value, tags, params, budget)
-
-    def study_summary(self, value: float, number: int, params: dict, budget: dict | None,
-                      texts: dict[str, str]) -> None:
-        self._guard("summary", self._summary, value, number, params, budget, texts)
-
-    def close(self, status: str = "FINISHED") -> dict:
-        self._guard("close", self._close, status)
-        return {"experiment_id": self.experiment_id, "parent_run_id": self.parent_id, "errors": self.errors}
-
-    # --- the writes -------------------------------------------------------------------------
-    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None) -> None:
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(self.experiment,
-                                                               artifact_location=artifact_location(self.uri))
-        else:
-            self.experiment_id = exp.experiment_id
-        self.parent_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
-        if config_text is not None:
-            self.client.log_text(self.parent_id, config_text, "config.yaml")
-
-    def _start(self, number: int, params: dict, tags: dict[str, str]) -> None:
-        from mlflow.entities import Param
-
-        if self.parent_id is None:
-            return
-        tags = {"mlflow.parentRunId": self.parent_id, **tags}
-        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number}").info.run_id
-        self.runs[number] = run_id
-        self._batch(run_id, params=[Param(k, str(v)) for k, v in flatten(params).items()])
-
-    def _finish(self, number, state, value, tags, params, budget) -> None:
+    def _finish(self, number, state, value, tags, params, build, ended) -> None:
         from mlflow.entities import Metric, RunTag
 
         run_id = self.runs.get(number)
         if run_id is None:
             return
-        now = _now()
+        now = _ms(ended)
         metrics = [] if value is None else [Metric("value", float(value), now, 0)]
-        if params is not None and budget is not None:
+        if params is not None and build is not None:
             # The lr (and momentum) of every step, rebuilt through the builders the trial used.
             from optsearch.search.report import trajectory
 
-            curves = self._guard("lr trajectory", trajectory, params, budget) or {}
+            try:
+                curves = trajectory(params, build)
+            except Exception as err:  # noqa: BLE001 - a curve is not worth a lost run
+                self._failed("lr trajectory", err)
+                curves = {}
             metrics += [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
-        try:
-            self._batch(run_id, metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        finally:
-            self.client.set_terminated(run_id, STATES[state])
-            del self.runs[number]
+        self._batch(run_id, metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.set_terminated(run_id, STATUS[state], end_time=now)
+        del self.runs[number]
 
-    def _summary(self, value, number, params, budget, texts) -> None:
+    def _summary(self, number, value, params, build, study) -> None:
+        import yaml
         from mlflow.entities import Metric, Param, RunTag
 
         from optsearch.search.report import schedule_figure, trajectory
 
         if self.parent_id is None:
             return
-        now = _now()
+        now = _ms()
         metrics = [Metric("best_value", float(value), now, 0)]
+        texts = {"best_params.yaml": yaml.safe_dump({"trial": number, "value": value, "params": params,
+                                                     "build": build}, sort_keys=False)}
         figure = None
-        if budget:
-            curves = self._guard("lr trajectory", trajectory, params, budget) or {}
+        if build:
+            from optsearch.spaces.export import to_python
+
+            try:
+                texts["best_optimizer.py"] = to_python(params, build, header=f"study {study}, trial {number}")
+                curves = trajectory(params, build)
+            except Exception as err:  # noqa: BLE001
+                self._failed("export of the best trial", err)
+                curves = {}
             metrics += [Metric(f"best_{name}", float(v), now, int(step))
                         for name, pts in curves.items() for step, v in pts]
             if curves:
@@ -181,9 +313,9 @@ class MlflowWriter:
             self.client.log_figure(self.parent_id, figure, "best_schedule.png")
 
     def _close(self, status: str) -> None:
-        for number, run_id in list(self.runs.items()):  # trials cut off by an interrupt
-            self.client.set_tag(run_id, "optsearch.state", "failed")
-            self.client.set_terminated(run_id, "KILLED")
+        for number, run_id in list(self.runs.items()):  # trials the coordinator never closed
+            self.client.set_tag(run_id, "optsearch.state", "retried")
+            self.client.set_terminated(run_id, "FAILED")
         self.runs.clear()
         if self.parent_id is not None:
             self.client.set_terminated(self.parent_id, status)
@@ -222,28 +354,27 @@ class ThreadedWriter:
         return self._result
 
 
-def writer_actor(uri: str, experiment: str, **options):
+def writer_actor(uri: str, experiment: str, owner: Any = None, **options):
     """Start the MLflow writer as its own Ray actor (no CPU reserved: it mostly waits)."""
     import ray
 
-    return ray.remote(MlflowWriter).options(num_cpus=0, **options).remote(uri, experiment)
+    return ray.remote(MlflowWriter).options(num_cpus=0, **options).remote(uri, experiment, owner)
 
 
 class Tracker:
     """What the coordinator holds: enqueue-only calls to a writer actor or thread.
 
-    Per-epoch metrics are buffered and sent at most every ``flush_every`` seconds (and
-    before a trial's end), so a study's hundreds of reports become a few writes; the
-    coordinator calls ``tick`` on every progress poll so nothing waits longer than that.
+    Per-epoch metrics are buffered and sent every ``flush_every`` seconds by a timer thread
+    of the tracker's own (and before a trial's end), so a study's hundreds of reports become
+    a few writes and nothing waits longer than that.
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None,
-                 actor: Any = None, flush_every: float = 1.0):
+                 actor: Any = None, flush_every: float = 1.0, before: int = 0):
         import ray
 
         self._pending: list = []
-        self._flush_every = flush_every
-        self._last = time.monotonic()
+        self._lock = threading.Lock()
         if actor is None and ray.is_initialized():
             actor = writer_actor(uri, experiment)
         self._actor = actor
@@ -253,24 +384,28 @@ class Tracker:
             writer = ThreadedWriter(uri, experiment)
             self._call = lambda name, *args: getattr(writer, name)(*args)
             self._writer = writer
-        self._call("open", run_name, tags, config_text)
+        self._call("open", run_name, tags, config_text, before)
+        self._stop = threading.Event()
 
-    def trial_started(self, number: int, params: dict, tags: dict[str, str]) -> None:
-        self._call("trial_started", number, params, tags)
+        def tick() -> None:
+            while not self._stop.wait(flush_every):
+                self.flush()
+
+        self._timer = threading.Thread(target=tick, daemon=True, name="optsearch-mlflow-flush")
+        self._timer.start()
+
+    def trial_started(self, number: int, params: dict, tags: dict[str, str], started: float) -> None:
+        self._call("trial_started", number, params, tags, started)
 
     def trial_metrics(self, number: int, step: int, metrics: dict[str, float]) -> None:
-        self._pending.append((number, step, metrics, _now()))
-        self.tick()
-
-    def tick(self) -> None:
-        if self._pending and time.monotonic() - self._last >= self._flush_every:
-            self.flush()
+        with self._lock:
+            self._pending.append((number, step, metrics, _ms()))
 
     def flush(self) -> None:
-        if self._pending:
-            self._call("metrics_batch", self._pending)
-            self._pending = []
-        self._last = time.monotonic()
+        with self._lock:
+            if self._pending:
+                self._call("metrics_batch", self._pending)
+                self._pending = []
 
     def trial_finished(self, *args) -> None:
         self.flush()
@@ -281,6 +416,8 @@ class Tracker:
         self._call("study_summary", *args)
 
     def close(self, status: str = "FINISHED") -> dict:
+        self._stop.set()
+        self._timer.join(timeout=5)
         self.flush()
         if self._actor is None:
             return self._writer.close(status)
@@ -289,6 +426,7 @@ class Tracker:
         try:
             return ray.get(self._actor.close.remote(status))
         except ray.exceptions.RayError as err:  # the writer died: say so, keep the study's result
-            return {"experiment_id": None, "parent_run_id": None, "errors": [f"MLflow writer failed: {err}"]}
+            return {"experiment_id": None, "parent_run_id": None, "unwritten": None,
+                    "errors": [f"the MLflow writer died: {str(err).strip().splitlines()[0][:300]}"]}
         finally:
             ray.kill(self._actor)

@@ -1,20 +1,33 @@
 """Ray actors that run trials: one per GPU (or a fraction of one), CPU actors otherwise.
 
-An actor builds its trainer once, so the data it loads stays resident for every trial it
-runs. It pulls jobs from the coordinator until none is left.
+Each actor (``TrialWorker``) supervises one trainer process of its own (a child process),
+which builds the trainer once, so the data it loads stays resident for every trial it runs.
+The actor pulls jobs from the coordinator, hands each to the trainer process, forwards its
+reports and returns its outcome. The trainer process is where a trial can crash: a
+segfault, ``os._exit``, running out of memory. The actor survives it, knows the exit code
+or the signal, tells the coordinator (the trial is retried) and starts a new trainer
+process. It also enforces ``study.trial_timeout``: a trial running longer fails and its
+process is killed. If the actor itself dies (killed, node lost), the driver replaces it.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import signal
+import sys
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import optuna
 import ray
+from optuna.trial import TrialState
 
 from optsearch.errors import ConfigError, PointRejected
+from optsearch.search.protocol import Answer, Failure, Job, Outcome
 
 
 @dataclass(frozen=True)
@@ -49,10 +62,24 @@ def plan(resources: dict, count: int | str = "auto", trials_per_gpu: float = 1) 
     return Placement(n, 0.0, cpus / n, max(1, int(cpus // n)))
 
 
+def describe_exit(code: int | None) -> str:
+    """A process's exit status in words: ``killed by signal SIGSEGV (11)``, ``exited with code 3``."""
+    if code is None:
+        return "its exit status is unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory, or killed)" if -code == signal.SIGKILL else ""
+        return f"killed by signal {name} ({-code}){hint}"
+    return f"exited with code {code}"
+
+
 def _floats(metrics: dict) -> dict[str, float]:
     """Final metrics as floats: numpy and 0-d torch scalars too; non-numbers are dropped."""
     out = {}
-    for k, v in metrics.items():
+    for k, v in (metrics or {}).items():
         try:
             out[k] = float(v.item() if hasattr(v, "item") else v)
         except (TypeError, ValueError, RuntimeError):
@@ -60,73 +87,201 @@ def _floats(metrics: dict) -> dict[str, float]:
     return out
 
 
+# --- the trainer process -------------------------------------------------------------------
+def _die_with_parent(parent: int) -> None:
+    """End this process when the actor that started it goes (Linux: at once; else polled)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="optsearch-orphan-watch").start()
+
+
+def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) -> None:
+    """The trainer process: load the trainer once, then run the jobs ``conn`` sends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C for the whole study
+    _die_with_parent(parent)
+    for p in reversed(sys_path):  # the driver's cwd: `target: mymodule:fit` imports here too
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read by torch when it loads
+        os.environ[var] = str(threads)
+    from optsearch.trainers.base import TrialContext, TrialFailed, seed_everything
+    from optsearch.trainers.registry import load_trainer
+
+    try:
+        fit = load_trainer(*trainer).fit
+    except ConfigError as err:
+        conn.send(("fatal", err))
+        return
+    except BaseException as err:  # noqa: BLE001 - the user's module raised at import
+        conn.send(("fatal", ConfigError("trainer", trainer[0] or trainer[1], f"cannot load: {type(err).__name__}: {err}")))
+        return
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "info":
+            ctx = TrialContext(0, 0)
+            conn.send({"pid": os.getpid(), "device": str(ctx.device)})
+            continue
+        if message[0] != "job":
+            return
+        job: Job = message[1]
+
+        def reporter(step: int, metrics: dict) -> Answer:
+            conn.send(("report", step, metrics))
+            return conn.recv()
+
+        ctx = TrialContext(job.number, job.seed, options=trainer[2], reporter=reporter)
+        seed_everything(job.seed)
+        fatal = None
+        try:
+            metrics = fit(job.params, ctx)
+            outcome = Outcome(TrialState.COMPLETE, _floats(metrics))
+        except optuna.TrialPruned:
+            outcome = Outcome(TrialState.PRUNED)
+        except TrialFailed as err:  # the coordinator said so (a non-finite metric)
+            outcome = Outcome.failed(err.failure, err.reason)
+        except PointRejected as err:  # the sampled point, not the config: this trial fails
+            outcome = Outcome.failed(Failure.REJECTED, str(err))
+        except ConfigError as err:  # bad input the user wrote (data root, options): stop the study
+            outcome, fatal = Outcome.failed(Failure.TRAINER, str(err)), err
+        except Exception as err:  # noqa: BLE001 - the trainer's own failure
+            outcome = Outcome.failed(Failure.TRAINER, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}")
+        build = None if ctx.built is None else vars(ctx.built)
+        conn.send(("outcome", replace(outcome, build=build), fatal))
+
+
+@dataclass
+class _Child:
+    proc: Any
+    conn: Any
+    ready: bool = False
+
+
 class TrialWorker:
-    """One Ray actor: a trainer and the loop ask -> fit -> finish."""
+    """One Ray actor: the loop ask -> run in the trainer process -> finish."""
 
     def __init__(self, trainer_name: str | None, trainer_target: str | None, options: dict, threads: int,
-                 sys_path: list[str] | None = None):
-        import sys
-
-        for p in reversed(sys_path or []):  # the driver's cwd: `target: mymodule:fit` imports here too
-            if p not in sys.path:
-                sys.path.insert(0, p)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read by torch when it loads
-            os.environ[var] = str(threads)
-        from optsearch.trainers.registry import load_trainer
-
+                 sys_path: list[str] | None = None, trial_timeout: float | None = None):
+        self.trainer = (trainer_name, trainer_target, options)
         self.threads = threads
-        self.options = options
-        self.trainer = load_trainer(trainer_name, trainer_target, options)
-        self.pid = os.getpid()
+        self.sys_path = list(sys_path or [])
+        self.trial_timeout = trial_timeout
+        self.child: _Child | None = None
+        self._spawn()  # imports and loads while the coordinator opens the study
 
-    def trial_device(self):
-        """The trials' device (loads torch if the trainer has not)."""
-        import torch
+    # --- the trainer process ------------------------------------------------------------
+    def _spawn(self) -> None:
+        mp = multiprocessing.get_context("spawn")
+        parent_end, child_end = mp.Pipe()
+        proc = mp.Process(target=serve, args=(child_end, self.trainer, self.threads, self.sys_path, os.getpid()),
+                          name="optsearch-trainer", daemon=False)  # a trainer may start processes of its own
+        proc.start()
+        child_end.close()
+        self.child = _Child(proc, parent_end)
 
-        from optsearch.trainers.base import default_device
+    def _ready(self) -> _Child:
+        """The trainer process, started and loaded; ``ConfigError`` if the trainer cannot
+        load, ``RuntimeError`` if the process died on the way."""
+        if self.child is None:
+            self._spawn()
+        child = self.child
+        if not child.ready:
+            try:
+                message = child.conn.recv()
+            except (EOFError, OSError):
+                message = None
+            if message is None or message[0] != "ready":
+                self._drop()
+                if message is not None and message[0] == "fatal":
+                    raise message[1]
+                raise RuntimeError(f"the trainer's process died while starting: {describe_exit(child.proc.exitcode)}")
+            child.ready = True
+        return child
 
-        torch.set_num_threads(self.threads)
-        return default_device()
+    def _drop(self, kill: bool = False) -> int | None:
+        """Forget the trainer process (killing it first if asked); its exit code."""
+        child, self.child = self.child, None
+        if child is None:
+            return None
+        if kill and child.proc.is_alive():
+            child.proc.kill()
+        child.proc.join(timeout=10)
+        child.conn.close()
+        return child.proc.exitcode
 
     def info(self) -> dict:
-        return {"pid": self.pid, "device": str(self.trial_device())}
+        """The trainer process's pid and device."""
+        child = self._ready()
+        child.conn.send(("info",))
+        return child.conn.recv()
 
-    def run(self, coordinator, worker: int) -> int:
+    # --- trials -------------------------------------------------------------------------
+    def run(self, coordinator, slot: int) -> int:
         """Run trials until the coordinator has none left; returns how many ran here."""
-        from optsearch.trainers.base import TrialContext, seed_everything
-
         ran = 0
-        job = ray.get(coordinator.ask.remote(worker))
-        while job is not None:
-            number = job["number"]
-
-            def reporter(step: int, metrics: dict, number: int = number) -> bool:
-                return ray.get(coordinator.report.remote(number, step, metrics))
-
-            import sys
-
-            # A trainer that never loads torch (a pure-Python objective) gets a lazy device.
-            device = self.trial_device() if "torch" in sys.modules else None
-            ctx = TrialContext(number, job["seed"], device, options=self.options, reporter=reporter)
-            seed_everything(job["seed"])
-            state, metrics, error = "complete", {}, None
-            try:
-                metrics = self.trainer.fit(job["params"], ctx)
-            except optuna.TrialPruned:
-                state = "pruned"
-            except PointRejected as err:  # the sampled point, not the config: this trial fails
-                state, error = "failed", str(err)
-            except ConfigError as err:  # bad input the user wrote (data root, options): stop the study
-                coordinator.finish.remote(number, "failed", {}, None, str(err))
-                coordinator.stop.remote()
-                raise
-            except Exception as err:
-                state = "failed"
-                error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}"
-            budget = None if ctx.budget is None else vars(ctx.budget)
-            clean = _floats(metrics or {})
+        while (job := ray.get(coordinator.ask.remote(slot))) is not None:
+            outcome, fatal = self._run(coordinator, job)
             # Calls from one caller run in order: finish is recorded before the next ask.
-            coordinator.finish.remote(number, state, clean, budget, error)
+            coordinator.finish.remote(job.number, outcome)
             ran += 1
-            job = ray.get(coordinator.ask.remote(worker))
+            if fatal is not None:
+                raise fatal
+        self.close()
         return ran
+
+    def _run(self, coordinator, job: Job) -> tuple[Outcome, ConfigError | None]:
+        try:
+            child = self._ready()
+        except ConfigError as err:
+            return Outcome.failed(Failure.TRAINER, str(err)), err
+        except RuntimeError as err:
+            return Outcome.failed(Failure.CRASH, str(err)), None
+        started = time.monotonic()
+        child.conn.send(("job", job))
+        while True:
+            left = None if self.trial_timeout is None else self.trial_timeout - (time.monotonic() - started)
+            if left is not None and left <= 0:
+                self._drop(kill=True)
+                return Outcome.failed(Failure.TIMEOUT, f"ran past study.trial_timeout ({self.trial_timeout:g} s); "
+                                                       "its process was stopped"), None
+            try:
+                message = child.conn.recv() if child.conn.poll(1.0 if left is None else min(1.0, left)) else ...
+            except (EOFError, OSError):
+                message = None
+            if message is ...:
+                if child.proc.is_alive():
+                    continue
+                message = None
+            if message is None:  # the trainer process died mid-trial
+                code = self._drop()
+                return Outcome.failed(Failure.CRASH, f"the trainer's process died: {describe_exit(code)}"), None
+            if message[0] == "report":
+                child.conn.send(ray.get(coordinator.report.remote(job.number, message[1], message[2])))
+            elif message[0] == "outcome":
+                return message[1], message[2]
+
+    def close(self) -> None:
+        """Stop the trainer process."""
+        if self.child is not None and self.child.proc.is_alive():
+            try:
+                self.child.conn.send(("stop",))
+            except (OSError, BrokenPipeError):
+                pass
+            self.child.proc.join(timeout=10)
+        self._drop(kill=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import optuna
 
-from optsearch.errors import ConfigError
+from optsearch.errors import ConfigError, shown
 from optsearch.spaces import distributions
 from optsearch.spaces.components import Component, Knob
 from optsearch.spaces.optimizers import VARIANTS
@@ -78,8 +78,9 @@ def _check_knob(key: str, spec: Any, knob: Knob) -> distributions.Distribution:
         dist = distributions.parse(key, spec)
     for value in dist.values():
         message = knob.check(value)
-        if message:
-            raise ConfigError(key, value, message)
+        if message:  # the value as written; the one that breaks the rule, when it was derived
+            derived = "" if isinstance(dist, distributions.Constant) else f"it gives {shown(value)}, which "
+            raise ConfigError(key, spec, derived + message)
     return dist
 
 
@@ -212,6 +213,20 @@ class Space:
                 raise ValueError(f"sampled {section} params are inconsistent: {found[1]}")
         return params
 
+    def describe(self) -> dict[str, str]:
+        """Every knob of the space, by its config path, as text: ``Constant(0.9)``, Optuna's
+        distribution (``FloatDistribution(high=0.1, log=True, low=0.0001, step=None)``) or
+        ``one_minus(...)``. Two spaces sample alike exactly when their descriptions are equal."""
+        out = {"optimizer": f"Choice({list(self.optimizer.options)})",
+               "schedule": f"Choice({list(self.schedule.options)})"}
+        for section in (self.optimizer, self.schedule):
+            for name, knobs in section.options.items():
+                for knob, d in knobs.items():
+                    out[f"{section.key}.{name}.{knob}"] = _describe(d)
+        for knob, d in self.groups.items():
+            out[f"param_groups.{knob}"] = _describe(d)
+        return out
+
     def rejections(self, ctx: Any) -> list[str]:
         """What the builders will reject at this training budget (``BuildContext``).
 
@@ -263,3 +278,11 @@ def _momentum_notes(key: str, optimizer: Section, schedule: Section) -> list[str
 def _spec(d: distributions.Distribution) -> Any:
     values = d.values()
     return values[0] if isinstance(d, distributions.Constant) else values
+
+
+def _describe(d: distributions.Distribution) -> str:
+    if isinstance(d, distributions.OneMinus):
+        return f"one_minus({_describe(d.inner)})"
+    if isinstance(d, distributions.Searched):
+        return repr(d.dist)
+    return f"Constant({d.value!r})"

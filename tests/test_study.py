@@ -72,13 +72,16 @@ def test_study_end_to_end_and_resume(ray_cluster, tmp_path):
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db")
     assert sorted(t.number for t in study.trials) == list(range(11))
     assert summary["this_run"]["complete"] + summary["this_run"]["pruned"] == 3
+    first = {t.params["adamw.lr"] for t in study.trials[:8]}
+    assert not first & {t.params["adamw.lr"] for t in study.trials[8:]}  # the resumed sampler moved on
     _, parents, trials = mlflow_runs(tmp_path)
     assert len(parents) == 2 and len(trials) == 11
 
-    # Already at its total: nothing runs, nothing is added.
+    # Already at its total: nothing runs, nothing is added, no MLflow run is opened.
     summary = run_study(load_doc(doc, tmp_path))
     assert sum(summary["this_run"].values()) == 0
     assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db").trials) == 11
+    assert len(mlflow_runs(tmp_path)[1]) == 2
 
 
 def test_a_sampled_point_the_builders_reject_fails_that_trial_not_the_study(ray_cluster, tmp_path):
@@ -136,16 +139,20 @@ def test_user_trainer_failures_are_recorded_and_study_goes_on(ray_cluster, tmp_p
     assert all(r.info.status == "FAILED" and "diverged" in r.data.tags["optsearch.error"] for r in failed)
 
 
-def test_stale_running_trials_from_a_crash_are_failed_not_lost(ray_cluster, tmp_path):
+def test_trials_a_crashed_run_left_running_are_failed_and_run_again(ray_cluster, tmp_path):
     doc = digits_config(tmp_path, n_trials=3)
     storage = f"sqlite:///{tmp_path}/optsearch.db"
     study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
-    study.ask()  # a trial an interrupted run left RUNNING
+    stale = study.ask()  # a trial an interrupted run left RUNNING, with its params
+    lr = stale.suggest_float("adamw.lr", 1e-5, 1.0, log=True)
     summary = run_study(load_doc(doc, tmp_path))
-    study = optuna.load_study(study_name="t", storage=storage)
-    assert summary["abandoned"] == [0]
-    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["abandoned"]
-    assert len(study.trials) == 3 and all(t.state != TrialState.RUNNING for t in study.trials)
+    trials = optuna.load_study(study_name="t", storage=storage).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["failure"] == "interrupted"
+    assert trials[0].user_attrs["retried"] is True  # run again, not counted
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retry) == 1 and retry[0].params["adamw.lr"] == lr and retry[0].state != TrialState.FAIL
+    assert summary["counts"]["complete"] + summary["counts"]["pruned"] == 3 and len(trials) == 4
+    assert all(t.state != TrialState.RUNNING for t in trials)
 
 
 def test_plan_falls_back_to_cpu_actors_without_gpus():
@@ -275,7 +282,7 @@ def test_bad_trainer_input_stops_the_study_with_exit_2(ray_cluster, tmp_path, mo
                  "--set", "study.n_trials=20"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "optsearch: error: trainer.root = '/no/such/data': no CIFAR-10 here" in err
+    assert "quickstart.yaml: trainer.root = '/no/such/data': no CIFAR-10 here" in err
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/optsearch.db")
     assert 1 <= len(study.trials) <= 2  # the budget is not burnt on the same error
     assert all(t.state == TrialState.FAIL for t in study.trials)
@@ -286,14 +293,21 @@ def test_one_process_at_a_time_runs_a_study(ray_cluster, tmp_path, monkeypatch, 
     from optsearch.search.study import OWNER
 
     monkeypatch.chdir(tmp_path)
-    storage = f"sqlite:///{tmp_path}/optsearch.db"
-    study = optuna.create_study(study_name="quickstart", storage=storage, direction="maximize")
-    study.set_user_attr(OWNER, {"host": "elsewhere", "pid": 1, "beat": time.time()})
+    url = f"sqlite:///{tmp_path}/optsearch.db"
+    optuna.create_study(study_name="quickstart", storage=url, direction="maximize")
+    storage = optuna.storages.RDBStorage(url)
+    sid = storage.get_study_id_from_name("quickstart")
+
+    def claim(**owner):
+        storage.set_study_system_attr(sid, OWNER, {"host": "elsewhere", "pid": 1, "started": None, **owner})
+
+    claim(beat=time.time())  # alive on another host: its heartbeat is fresh
     args = ["study", "quickstart.yaml", "--set", "study.n_trials=1", "--set", "trainer.epochs=1"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is being run by another optsearch process (pid 1 on elsewhere" in err
-    study.set_user_attr(OWNER, {"host": "elsewhere", "pid": 1, "beat": time.time() - 3600})  # crashed long ago
+    claim(beat=time.time() - 3600)  # crashed long ago
     assert main(args) == 0
-    study = optuna.load_study(study_name="quickstart", storage=storage)
-    assert len(study.trials) == 1 and study.user_attrs[OWNER] is None  # released at the end
+    assert len(optuna.load_study(study_name="quickstart", storage=url).trials) == 1
+    assert storage.get_study_system_attrs(sid)[OWNER] is None  # released at the end
+    assert "optsearch.owner" not in optuna.load_study(study_name="quickstart", storage=url).user_attrs

@@ -30,17 +30,30 @@ def default_device() -> "torch.device":
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class TrialFailed(Exception):
+    """Raised by ``ctx.report`` when the coordinator fails the trial (a non-finite metric)."""
+
+    def __init__(self, reason: str):
+        from optsearch.search.protocol import Failure
+
+        self.reason, self.failure = reason, Failure.NON_FINITE
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))
+
+
 class TrialContext:
     """What a trainer gets besides the params: trial number, seed, device, options, report."""
 
     def __init__(self, trial_number: int, seed: int, device: "torch.device | None" = None,
-                 options: dict | None = None, reporter: Callable[[int, dict], bool] | None = None):
+                 options: dict | None = None, reporter: Callable[[int, dict], Any] | None = None):
         self.trial_number = trial_number
         self.seed = seed
         self._device = device
         self.options = options or {}  # the trainer's config options, as given
-        self.reporter = reporter  # returns True when the trial should stop
-        self.budget: BuildContext | None = None  # set by build(): what export needs to rebuild the schedule
+        self.reporter = reporter  # (step, metrics) -> protocol.Answer
+        self.built: BuildContext | None = None  # set by build(): the training budget export rebuilds from
 
     @property
     def device(self) -> "torch.device":
@@ -49,9 +62,18 @@ class TrialContext:
         return self._device
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
-        """Report metrics after ``step`` (an epoch); raises ``optuna.TrialPruned`` on a prune."""
+        """Report metrics after ``step`` (an epoch). Raises ``optuna.TrialPruned`` when the
+        pruner stops the trial, ``TrialFailed`` when it must fail (the study metric is NaN or
+        inf, with ``study.nan: fail``): let both propagate."""
         metrics = {k: float(v) for k, v in metrics.items()}
-        if self.reporter is not None and self.reporter(step, metrics):
+        answer = self.reporter(step, metrics) if self.reporter is not None else None
+        if not answer:  # None or False (a reporter that only records)
+            return
+        if answer is True:
+            raise optuna.TrialPruned(f"pruned at step {step}")
+        if answer.fail:
+            raise TrialFailed(answer.fail)
+        if answer.prune:
             raise optuna.TrialPruned(f"pruned at step {step}")
 
     def build(self, params: dict, model: "torch.nn.Module", *, steps_per_epoch: int, epochs: int,
@@ -73,7 +95,7 @@ class TrialContext:
         if isinstance(opt, dict) and opt.get("weight_decay_norm") is not None and None in (batch_size, train_size):
             raise ConfigError("ctx.build", {"batch_size": batch_size, "train_size": train_size},
                               "weight_decay_norm needs the trainer to pass batch_size and train_size")
-        self.budget = budget
+        self.built = budget
         try:
             return build(params, model, budget)
         except GroupsError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -28,6 +29,12 @@ def _import(target: str, key: str) -> Any:
         mod = importlib.import_module(module)
     except ImportError as err:
         raise ConfigError(key, target, f"cannot import {module}: {err}") from None
+    except SyntaxError as err:
+        raise ConfigError(key, target, f"{err.filename}, line {err.lineno}: SyntaxError: {err.msg}") from None
+    except Exception as err:  # noqa: BLE001 - the module raised while importing
+        spec = importlib.util.find_spec(module)
+        where = spec.origin if spec is not None and spec.origin else module
+        raise ConfigError(key, target, f"{where}: importing it raised {type(err).__name__}: {err}") from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
