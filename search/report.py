@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -105,11 +106,13 @@ def _group_key(t: optuna.trial.FrozenTrial, by: str) -> str:
 
 
 def trial_value(t: optuna.trial.FrozenTrial) -> float | None:
-    """A trial's value for comparisons: its final value, or a pruned trial's last report."""
+    """A trial's value for comparisons: its final value, or a pruned trial's last finite
+    report; None when it has none (a non-finite value is no value)."""
     if t.state == TrialState.COMPLETE:
-        return t.value
-    if t.state == TrialState.PRUNED and t.intermediate_values:
-        return t.intermediate_values[max(t.intermediate_values)]
+        return t.value if t.value is not None and math.isfinite(t.value) else None
+    if t.state == TrialState.PRUNED:
+        finite = [v for _, v in sorted(t.intermediate_values.items()) if math.isfinite(v)]
+        return finite[-1] if finite else None
     return None
 
 

@@ -183,6 +183,18 @@ def test_segfault_hang_nan_and_inf_each_fail_their_trial_and_the_study_completes
     assert exported.returncode == 0 and f"trial: {best.number}" in exported.stdout
 
 
+def test_nan_pruned_trials_leave_compare_without_nan(tmp_path):
+    cfg = setup(tmp_path, "misbehaving", n=5, extra=", nan: prune")
+    (tmp_path / "trainers_mod.py").write_text(TRAINERS.replace("if ctx.trial_number == 1:\n        ctypes", "if False:\n        ctypes")
+                                              .replace("if ctx.trial_number == 2:\n        time.sleep(3600)", "if False:\n        pass"))
+    done = optsearch(tmp_path, "study", str(cfg))
+    assert done.returncode == 0, done.stderr[-3000:]
+    nan_trial = trials(tmp_path)[3]
+    assert nan_trial.state == TrialState.PRUNED and list(nan_trial.intermediate_values) == []
+    compared = optsearch(tmp_path, "compare", "s")
+    assert compared.returncode == 0 and "nan" not in compared.stdout.lower(), compared.stdout
+
+
 def test_a_single_worker_whose_trials_crash_still_spends_the_whole_budget(tmp_path):
     cfg = setup(tmp_path, "exits", n=4, workers=1)
     done = optsearch(tmp_path, "study", str(cfg))
