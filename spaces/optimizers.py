@@ -228,7 +228,7 @@ def _muon_groups(params: dict, ctx: Any) -> Call:
 
 def _muon_schedule(s: dict) -> tuple[str | None, str] | None:
     if s["name"] == "onecycle" and s["cycle_momentum"]:
-        return "cycle_momentum", ("must be false with muon: torch's OneCycleLR cycles one kind of momentum, and "
+        return "cycle_momentum", ("must be false: torch's OneCycleLR cycles one kind of momentum, and "
                                   "muon has two (Muon's momentum, AdamW's beta1)")
     return None
 
