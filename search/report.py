@@ -13,29 +13,34 @@ def trajectory(params: dict, budget: dict, max_points: int = 500) -> dict[str, l
     """The lr (and momentum/beta1) at each optimizer step of a whole run, subsampled.
 
     Rebuilt from the params and the trial's budget through the same builders the trial used,
-    on a one-weight model without param-group multipliers: the curve of the ``lr`` knob
-    itself (a head or layer group's lr is this times its multiplier).
+    on a two-weight model (a hidden layer and a head) without param-group multipliers: the
+    curve of the ``lr`` knob itself (a head or layer group's lr is this times its
+    multiplier; for ``muon``, the first group is Muon's). A schedule-free optimizer's lr is
+    the one its step used (``scheduled_lr``: its own warmup), and its momentum / beta1 is
+    its interpolation weight.
     """
     import torch
 
     from optsearch.spaces.build import BuildContext, build
+    from optsearch.spaces.schedule_free import train_mode
 
     ctx = BuildContext(**budget)
-    model = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
     optimizer, scheduler = build({**params, "param_groups": {}}, model, ctx)
+    train_mode(optimizer)  # schedule-free optimizers step only in train mode
     total = ctx.steps_per_epoch * ctx.epochs
     every = max(1, -(-total // max_points))
     lr: list[tuple[int, float]] = []
     momentum: list[tuple[int, float]] = []
     group = optimizer.param_groups[0]
     for step in range(total):
-        if step % every == 0 or step == total - 1:
-            lr.append((step, group["lr"]))
-            if "betas" in group:
-                momentum.append((step, group["betas"][0]))
-            elif "momentum" in group:
-                momentum.append((step, group["momentum"]))
+        now = group["lr"]
+        mom = group["betas"][0] if "betas" in group else group.get("momentum")
         optimizer.step()  # no grads: a no-op that keeps torch's step-order check quiet
+        if step % every == 0 or step == total - 1:
+            lr.append((step, group.get("scheduled_lr", now)))  # schedule-free: set by this step
+            if mom is not None:
+                momentum.append((step, mom))
         scheduler.step()
     return {"lr_step": lr, "momentum_step": momentum}
 

@@ -2,7 +2,8 @@
 
 Three recipes per trial (``recipes``): the param groups (``param_groups(model, ...)``), the
 optimizer over them (``Ref("params")``), and the scheduler over the optimizer
-(``Ref("optimizer")``). ``build`` instantiates them; ``spaces.export.to_python`` renders the
+(``Ref("optimizer")``); a variant may bring its own groups recipe (``muon``: Muon's and
+AdamW's groups). ``build`` instantiates them; ``spaces.export.to_python`` renders the
 very same trees as source.
 """
 
@@ -60,6 +61,9 @@ def group_kwargs(params: dict, ctx: BuildContext) -> dict[str, Any]:
 
 
 def groups_recipe(params: dict, ctx: BuildContext) -> Call:
+    variant = VARIANTS[params["optimizer"]["name"]]
+    if variant.groups is not None:  # a variant that splits the model its own way (muon)
+        return variant.groups(params, ctx)
     return Call(param_groups, (Ref("model"),), group_kwargs(params, ctx))
 
 
@@ -86,8 +90,10 @@ def recipes(params: dict, ctx: BuildContext, key: str = "params") -> tuple[dict,
     )
 
 
-def _optimizer(r: Recipes, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return instantiate(r.optimizer, {"params": instantiate(r.groups, {"model": model})})
+def _optimizer(r: Recipes, model: torch.nn.Module, ctx: BuildContext) -> torch.optim.Optimizer:
+    ctx = ctx.check()  # an optimizer's Exprs (a schedule-free warmup) are over the budget too
+    return instantiate(r.optimizer, {"params": instantiate(r.groups, {"model": model}),
+                                     "steps_per_epoch": ctx.steps_per_epoch, "epochs": ctx.epochs})
 
 
 def _scheduler(r: Recipes, optimizer: torch.optim.Optimizer, ctx: BuildContext):
@@ -97,7 +103,7 @@ def _scheduler(r: Recipes, optimizer: torch.optim.Optimizer, ctx: BuildContext):
 
 
 def build_optimizer(params: dict, model: torch.nn.Module, ctx: BuildContext) -> torch.optim.Optimizer:
-    return _optimizer(recipes(params, ctx)[1], model)
+    return _optimizer(recipes(params, ctx)[1], model, ctx)
 
 
 def build_scheduler(params: dict, optimizer: torch.optim.Optimizer, ctx: BuildContext):
@@ -107,5 +113,5 @@ def build_scheduler(params: dict, optimizer: torch.optim.Optimizer, ctx: BuildCo
 def build(params: dict, model: torch.nn.Module, ctx: BuildContext):
     """The optimizer and the per-batch lr scheduler for one trial's params."""
     r = recipes(params, ctx)[1]
-    optimizer = _optimizer(r, model)
+    optimizer = _optimizer(r, model, ctx)
     return optimizer, _scheduler(r, optimizer, ctx)

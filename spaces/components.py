@@ -38,6 +38,18 @@ class Component:
     consistency: Callable[[dict], tuple[str, str] | None] | None = field(default=None)
     # Checks that need the training budget: (values, BuildContext) -> (knob, message) or None.
     budget: Callable[[dict, Any], tuple[str, str] | None] | None = field(default=None)
+    # Optimizer variants only. A rule on the schedule this variant runs under: (resolved
+    # schedule) -> (schedule knob or None, message) when they cannot be combined, else None.
+    schedule_rule: Callable[[dict], tuple[str | None, str] | None] | None = field(default=None)
+    # The param-groups recipe, for a variant that splits the model its own way:
+    # (resolved params, BuildContext) -> Call over Ref("model"). None: ``groups.param_groups``.
+    groups: Callable[[dict, Any], Any] | None = field(default=None)
+    # () -> None when the library this variant is built from is importable, else the message.
+    available: Callable[[], str | None] | None = field(default=None)
+    # What exported code tells its reader about using this optimizer (comment lines), and the
+    # functions it copies in for that (``inspect.getsource``; torch only).
+    usage: str = ""
+    helpers: tuple = ()
 
     def defaults(self) -> dict[str, Any]:
         return {k: knob.default for k, knob in self.knobs.items()}

@@ -1,8 +1,10 @@
-"""One trial's params as a self-contained Python module (needs torch, math, functools only).
+"""One trial's params as a self-contained Python module (needs torch, math, functools only, and
+the library of a variant that is not torch's: ``schedulefree``).
 
 The module is rendered from the same recipes ``build`` instantiates (``build.recipes``), with
-the source of ``groups.param_groups`` and of every function a recipe references
-(``noam_lambda``, ``hold_weight_decay``) copied in by ``inspect.getsource``. Every value is
+the source of ``groups.param_groups`` and of every function or class a recipe references
+(``noam_lambda``, ``hold_weight_decay``, ``MuonWithAdamW``) copied in by ``inspect.getsource``,
+and a variant's usage note (schedule-free's train/eval modes) with its helpers. Every value is
 written by ``repr`` (through ``recipe.render``); header text becomes comment lines with
 line breaks and other unprintable characters escaped, after two fixed first lines (so not
 even a ``coding:`` cookie can be smuggled in).
@@ -16,8 +18,8 @@ from typing import Any
 
 from optsearch.errors import ConfigError
 from optsearch.spaces.build import BuildContext, recipes
-from optsearch.spaces.optimizers import decoupled, normalized_decay
-from optsearch.spaces.recipe import functions, render
+from optsearch.spaces.optimizers import VARIANTS, decoupled, normalized_decay
+from optsearch.spaces.recipe import Call, Expr, functions, render
 
 ALIASES = {"torch.optim.lr_scheduler": "lr_scheduler"}
 BUILD_KEYS = ("steps_per_epoch", "epochs", "batch_size", "train_size")
@@ -49,17 +51,49 @@ def _source(func: Any) -> str:
     return textwrap.dedent(inspect.getsource(func)).rstrip() + "\n"
 
 
+def _walk(node: Any):
+    """Every node of a recipe tree."""
+    yield node
+    if isinstance(node, Call):
+        children = [*node.args, *node.kwargs.values()]
+    elif isinstance(node, (list, tuple)):
+        children = list(node)
+    elif isinstance(node, dict):
+        children = list(node.values())
+    else:
+        children = []
+    for child in children:
+        yield from _walk(child)
+
+
+def _modules(nodes) -> list[str]:
+    """Top-level modules other than torch that the recipes call into by dotted path."""
+    found = []
+    for node in nodes:
+        for n in _walk(node):
+            if isinstance(n, Call) and isinstance(n.target, str):
+                top = n.target.split(".")[0]
+                if top != "torch" and top not in found:
+                    found.append(top)
+    return found
+
+
 def to_python(params: dict, build: dict, header: str = "") -> str:
     """Source of a module with ``build_optimizer(model)`` and
     ``build_scheduler(optimizer, steps_per_epoch, epochs)`` for these params.
 
     ``build`` is the trial's budget (``steps_per_epoch``, ``epochs``, and for normalized
     weight decay ``batch_size``, ``train_size``); the scheduler's step counts are written as
-    expressions over ``steps_per_epoch`` and ``epochs``, defaulting to the trial's.
+    expressions over ``steps_per_epoch`` and ``epochs``, defaulting to the trial's. When the
+    optimizer itself depends on them (a schedule-free warmup), ``build_optimizer`` takes them
+    too: ``build_optimizer(model, steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS)``.
     """
     ctx = context(build)
     resolved, r = recipes(params, ctx)
     opt = resolved["optimizer"]
+    variant = VARIANTS[opt["name"]]
+    extra = _modules(r)
+    budget_args = any(isinstance(n, Expr) for node in (r.groups, r.optimizer) for n in _walk(node))
 
     funcs = []
 
@@ -72,13 +106,18 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
     for node in r:
         for f in functions(node):
             need(f)
+    for f in variant.helpers:
+        need(f)
 
+    needs = "Needs only torch." if not extra else f"Needs torch and {', '.join(extra)}."
     out = [
         "# Exported by optsearch: one trial's optimizer, param groups and per-batch lr schedule.",
-        "# Needs only torch. Step the scheduler after every optimizer step (every batch).",
+        f"# {needs} Step the scheduler after every optimizer step (every batch).",
     ]
     if header:
         out.append(comment(header))
+    if variant.usage:
+        out += ["#", comment(variant.usage)]
     out += [
         "",
         "import functools",
@@ -86,6 +125,7 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
         "",
         "import torch",
         "from torch.optim import lr_scheduler",
+        *[f"import {m}" for m in extra],
         "",
         "# The trial's training budget; build_scheduler defaults to it.",
         f"STEPS_PER_EPOCH = {render(ctx.steps_per_epoch)}",
@@ -109,7 +149,8 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
         ]
     out += [
         "",
-        "def build_optimizer(model):",
+        "def build_optimizer(model, steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS):" if budget_args
+        else "def build_optimizer(model):",
         '    """The optimizer over ``model``\'s parameters, in the trial\'s param groups."""',
         *wd_note,
         f"    params = {render(r.groups, ALIASES, indent=4)}",

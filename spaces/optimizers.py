@@ -5,6 +5,15 @@
 - ``adamw``: Adam with decoupled decay (``torch.optim.AdamW``), Loshchilov & Hutter.
 - ``amsgrad``: max of past second moments (Reddi et al.), decoupled (AdamW) or coupled (Adam).
 - ``nadamw``: NAdam with decoupled decay (``torch.optim.NAdam(decoupled_weight_decay=True)``).
+- ``radam``: RAdam (Liu et al. 2020), ``torch.optim.RAdam``, decoupled (AdamW-style) or L2 decay.
+- ``muon``: ``torch.optim.Muon`` (Jordan et al. 2024) for hidden weights and conv filters,
+  ``torch.optim.AdamW`` for the head, embeddings, norms, biases and 1-D parameters, in one
+  optimizer (``spaces.muon.MuonWithAdamW``, groups from ``spaces.muon.muon_param_groups``).
+- ``sf_adamw``, ``sf_sgd``: schedule-free AdamW / SGD (Defazio et al. 2024), the
+  ``schedulefree`` package's ``AdamWScheduleFree`` / ``SGDScheduleFree``. They take no lr
+  schedule (only ``constant`` without warmup: the rule is checked when the config loads) and
+  need ``optimizer.train()`` / ``optimizer.eval()`` around training and evaluation
+  (``spaces.schedule_free``; ``ctx.train_mode`` / ``ctx.eval_mode`` in trainers).
 
 Weight decay reaches the optimizer through the param groups (``groups.param_groups`` gives
 every group its own ``weight_decay``: the knob's value, or 0 for biases and norm parameters
@@ -39,10 +48,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optsearch.constraints import BOOLEAN, NONNEGATIVE, POSITIVE, UNIT_LEFT_CLOSED, Nullable, Options
+from optsearch.constraints import (
+    BOOLEAN,
+    NONNEGATIVE,
+    POSITIVE,
+    UNIT_LEFT_CLOSED,
+    UNIT_OPEN,
+    Interval,
+    Nullable,
+    Options,
+)
 from optsearch.errors import ConfigError
 from optsearch.spaces.components import Component, Knob
-from optsearch.spaces.recipe import Call, Ref
+from optsearch.spaces.recipe import Call, Expr, Ref
+from optsearch.spaces.schedule_free import recompute_batchnorm
+from optsearch.spaces.schedules import warmup_steps
 
 
 def hold_weight_decay(optimizer):
@@ -90,7 +110,7 @@ _ADAM = {
 def decoupled(p: dict) -> bool:
     """Whether these (resolved) variant params decay the weights directly (AdamW-style)
     rather than through an L2 term in the gradient."""
-    return p["name"] in ("adamw", "nadamw") or (p["name"] == "amsgrad" and p["decoupled"])
+    return p["name"] in ("adamw", "nadamw") or (p["name"] in ("amsgrad", "radam") and p["decoupled"])
 
 
 def normalized_decay(p: dict, ctx: Any) -> float:
@@ -167,6 +187,108 @@ def _nadamw(p: dict, ctx: Any) -> Call:
     )
 
 
+def _radam(p: dict, ctx: Any) -> Call:
+    return _held(
+        Call("torch.optim.RAdam", (Ref("params"),), {**_adam_kwargs(p, ctx), "decoupled_weight_decay": p["decoupled"]}),
+        p,
+    )
+
+
+# ---- Muon + AdamW ---------------------------------------------------------------------------
+
+
+def _muon_available() -> str | None:
+    import torch
+    import torch.optim
+
+    if hasattr(torch.optim, "Muon"):
+        return None
+    return f"needs torch.optim.Muon (PyTorch 2.9 or later); this is torch {torch.__version__}"
+
+
+def _muon(p: dict, ctx: Any) -> Call:
+    from optsearch.spaces.muon import MuonWithAdamW  # imports torch: only when a recipe is made
+
+    muon = {"lr": p["lr"], "momentum": p["momentum"], "nesterov": p["nesterov"], "ns_steps": p["ns_steps"],
+            "weight_decay": p["weight_decay"], "adjust_lr_fn": p["adjust_lr_fn"]}
+    adamw = {"lr": p["adamw_lr"], "betas": (p["adamw_beta1"], p["adamw_beta2"]), "eps": p["adamw_eps"],
+             "weight_decay": p["adamw_weight_decay"]}
+    return _held(Call(MuonWithAdamW, (Ref("params"),), {"muon": muon, "adamw": adamw}), p)
+
+
+def _muon_groups(params: dict, ctx: Any) -> Call:
+    from optsearch.spaces.muon import muon_param_groups
+
+    p = params["optimizer"]
+    return Call(muon_param_groups, (Ref("model"),), {
+        "lr": p["lr"], "weight_decay": p["weight_decay"], "adamw_lr": p["adamw_lr"],
+        "adamw_weight_decay": p["adamw_weight_decay"], **params.get("param_groups", {}),
+    })
+
+
+def _muon_schedule(s: dict) -> tuple[str | None, str] | None:
+    if s["name"] == "onecycle" and s["cycle_momentum"]:
+        return "cycle_momentum", ("must be false: torch's OneCycleLR cycles one kind of momentum, and "
+                                  "muon has two (Muon's momentum, AdamW's beta1)")
+    return None
+
+
+# ---- schedule-free ------------------------------------------------------------------------
+
+
+def _schedulefree_available() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("schedulefree") is None:
+        return "needs the schedulefree package (a dependency of optsearch): pip install 'schedulefree>=1.4,<2'"
+    return None
+
+
+def _sf_warmup(p: dict) -> Any:
+    """warmup_steps: ``warmup_epochs`` in steps, cut like a schedule's warmup (0: none)."""
+    return Expr(warmup_steps(p["warmup_epochs"])) if p["warmup_epochs"] else 0
+
+
+def _sf_common(p: dict) -> dict:
+    return {"weight_decay": p["weight_decay"], "warmup_steps": _sf_warmup(p), "r": p["r"],
+            "weight_lr_power": p["weight_lr_power"]}
+
+
+def _sf_adamw(p: dict, ctx: Any) -> Call:
+    return Call("schedulefree.AdamWScheduleFree", (Ref("params"),),
+                {"lr": p["lr"], "betas": (p["beta1"], p["beta2"]), "eps": p["eps"], **_sf_common(p)})
+
+
+def _sf_sgd(p: dict, ctx: Any) -> Call:
+    return Call("schedulefree.SGDScheduleFree", (Ref("params"),),
+                {"lr": p["lr"], "momentum": p["momentum"], **_sf_common(p)})
+
+
+def _sf_schedule(s: dict) -> tuple[str | None, str] | None:
+    if s["name"] != "constant":
+        return None, ("schedule-free optimizers take no lr schedule: use schedule: constant (without warmup) and "
+                      "the variant's own warmup_epochs")
+    if s["warmup_epochs"]:
+        return "warmup_epochs", ("must be 0 with a schedule-free optimizer: it warms up by its own warmup_epochs "
+                                 "knob")
+    return None
+
+
+_SF_USAGE = """Schedule-free: no lr schedule (build_scheduler's ConstantLR changes nothing; the warmup is
+the optimizer's warmup_steps). Call optimizer.train() before training steps and optimizer.eval()
+before evaluating or saving: while training the parameters hold y, where gradients are taken;
+optimizer.eval() puts the averaged iterate x in them. After optimizer.eval(), recompute the
+BatchNorm statistics at x: recompute_batchnorm(model, training_batches) (below)."""
+
+_SF_KNOBS = {
+    "weight_decay": Knob(0.0, NONNEGATIVE, "each step z -= lr_t * wd * y (decay taken at y, scaled by the lr)"),
+    "warmup_epochs": Knob(0.0, NONNEGATIVE, "linear warmup of the lr, in epochs: lr_t = lr * min(1, (t+1) / W), "
+                                           "W its length in steps"),
+    "r": Knob(0.0, NONNEGATIVE, "the average x weights step t by (t+1)^r * lr_max^weight_lr_power (0: uniform)"),
+    "weight_lr_power": Knob(2.0, NONNEGATIVE, "exponent of the largest lr so far in the averaging weights"),
+}
+
+
 _NO_HOLD = ("wd_schedule", "must be 'coupled': L2 decay goes through the gradient (momentum, Adam's scaling), "
             "so there is no decay rate to hold constant; use a decoupled variant (adamw, nadamw, "
             "amsgrad with decoupled: true)")
@@ -186,6 +308,9 @@ def _amsgrad_consistency(v: dict) -> tuple[str, str] | None:
     if v["wd_schedule"] == "constant" and not v["decoupled"]:
         return "wd_schedule", "wd_schedule: constant needs decoupled: true (L2 decay has no rate to hold)"
     return None
+
+
+_radam_consistency = _amsgrad_consistency
 
 
 VARIANTS: dict[str, Component] = {
@@ -242,5 +367,72 @@ VARIANTS: dict[str, Component] = {
         },
         _nadamw,
         "NAdam with decoupled weight decay (AlgoPerf baseline)",
+    ),    "radam": Component(
+        "radam",
+        {
+            **_ADAM,
+            "weight_decay": Knob(1e-2, NONNEGATIVE, "decoupled (w *= 1 - lr_t * wd) or L2 (wd * w joins the "
+                                                    "gradient), by 'decoupled'"),
+            "decoupled": Knob(True, BOOLEAN, "true: RAdam(decoupled_weight_decay=True); false: L2 decay"),
+            **_COMMON,
+        },
+        _radam,
+        "RAdam: Adam whose adaptive step is rectified by the variance of its lr, SGD with momentum while "
+        "that variance is intractable",
+        consistency=_radam_consistency,
+    ),
+    "muon": Component(
+        "muon",
+        {
+            "lr": Knob(0.02, POSITIVE, "Muon's lr, before adjust_lr_fn"),
+            "momentum": Knob(0.95, UNIT_LEFT_CLOSED, "Muon's buffer: B = momentum * B + (1 - momentum) * g"),
+            "nesterov": Knob(True, BOOLEAN, "orthogonalise (1 - momentum) * g + momentum * B instead of B"),
+            "ns_steps": Knob(5, Interval("int", 1, 99), "Newton-Schulz iterations"),
+            "weight_decay": Knob(0.0, NONNEGATIVE, "Muon's side, decoupled: w *= 1 - lr_t * wd each step"),
+            "adjust_lr_fn": Knob("original", Options("original", "match_rms_adamw", "spectral_unclamped"),
+                                 "the step of an A x B matrix: lr * sqrt(max(1, A/B)), 0.2 * lr * sqrt(max(A, B)) "
+                                 "or lr * sqrt(A/B)"),
+            "adamw_lr": Knob(3e-4, POSITIVE, "the AdamW side's lr"),
+            "adamw_beta1": Knob(0.9, UNIT_LEFT_CLOSED),
+            "adamw_beta2": Knob(0.95, UNIT_LEFT_CLOSED),
+            "adamw_eps": Knob(1e-8, POSITIVE),
+            "adamw_weight_decay": Knob(0.0, NONNEGATIVE, "AdamW's side, decoupled: w *= 1 - adamw_lr_t * wd"),
+            "wd_schedule": _COMMON["wd_schedule"],
+        },
+        _muon,
+        "Muon (orthogonalised momentum) for hidden weights and conv filters, AdamW for the rest",
+        schedule_rule=_muon_schedule,
+        groups=_muon_groups,
+        available=_muon_available,
+    ),
+    "sf_adamw": Component(
+        "sf_adamw",
+        {
+            "lr": Knob(0.0025, POSITIVE, "z's step: z -= lr_t * (g / (sqrt(v / (1 - beta2^t)) + eps) + wd * y)"),
+            "beta1": Knob(0.9, UNIT_OPEN, "gradients are taken at y = (1 - beta1) * z + beta1 * x"),
+            "beta2": Knob(0.999, UNIT_LEFT_CLOSED),
+            "eps": Knob(1e-8, POSITIVE),
+            **_SF_KNOBS,
+        },
+        _sf_adamw,
+        "schedule-free AdamW (Defazio et al. 2024): no lr schedule, evaluated at the average of its iterates",
+        schedule_rule=_sf_schedule,
+        available=_schedulefree_available,
+        usage=_SF_USAGE,
+        helpers=(recompute_batchnorm,),
+    ),
+    "sf_sgd": Component(
+        "sf_sgd",
+        {
+            "lr": Knob(1.0, POSITIVE, "z's step: z -= lr_t * (g + wd * y)"),
+            "momentum": Knob(0.9, UNIT_OPEN, "gradients are taken at y = (1 - momentum) * z + momentum * x"),
+            **_SF_KNOBS,
+        },
+        _sf_sgd,
+        "schedule-free SGD (Defazio et al. 2024): no lr schedule, evaluated at the average of its iterates",
+        schedule_rule=_sf_schedule,
+        available=_schedulefree_available,
+        usage=_SF_USAGE,
+        helpers=(recompute_batchnorm,),
     ),
 }

@@ -26,7 +26,8 @@ GROUP_KNOBS: dict[str, Knob] = {
 }
 
 # The optimizer knob that plays "momentum" for one-cycle's momentum cycling.
-MOMENTUM_KNOB = {"sgd": "momentum", "adam_l2": "beta1", "adamw": "beta1", "amsgrad": "beta1", "nadamw": "beta1"}
+MOMENTUM_KNOB = {"sgd": "momentum", "adam_l2": "beta1", "adamw": "beta1", "amsgrad": "beta1", "nadamw": "beta1",
+                 "radam": "beta1"}
 
 
 def momentum_override(schedule: dict) -> float | None:
@@ -95,8 +96,15 @@ def resolve(params: Any, key: str = "params") -> dict:
     name = params["optimizer"].get("name") if isinstance(params["optimizer"], dict) else None
     if momentum_override(schedule) is not None and name in MOMENTUM_KNOB:
         fixed[MOMENTUM_KNOB[name]] = momentum_override(schedule)  # what the optimizer really starts with
+    optimizer = _resolve_section(f"{key}.optimizer", params["optimizer"], VARIANTS, fixed)
+    rule = VARIANTS[optimizer["name"]].schedule_rule
+    found = rule(schedule) if rule else None
+    if found:
+        knob, message = found
+        where, value = (f"{key}.schedule.{knob}", schedule[knob]) if knob else (f"{key}.schedule.name", schedule["name"])
+        raise ConfigError(where, value, f"{message} (optimizer {optimizer['name']})")
     return {
-        "optimizer": _resolve_section(f"{key}.optimizer", params["optimizer"], VARIANTS, fixed),
+        "optimizer": optimizer,
         "schedule": schedule,
         "param_groups": _resolve_knobs(f"{key}.param_groups", {} if groups is None else groups, GROUP_KNOBS),
     }

@@ -17,7 +17,9 @@ under ``cosine`` is an error naming its owner (``sgdr``). A list-valued knob (``
 ``milestones``) takes a YAML list as its one value. Cross-knob rules (Nesterov needs
 momentum > 0, base_momentum <= max_momentum, ...) are checked on every combination of the
 searched knobs' extreme values, so a space that could sample a broken combination is
-rejected when it is loaded.
+rejected when it is loaded. So are the rules between an optimizer and its schedule: a
+schedule-free variant runs only under ``constant`` without warmup, muon not under one-cycle's
+momentum cycling.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ def _parse_section(key: str, spec: Any, registry: dict[str, Component]) -> Secti
         if name not in registry:
             raise ConfigError(f"{key}", name, f"unknown {key}; known: {sorted(registry)}")
         comp = registry[name]
+        missing = comp.available() if comp.available else None
+        if missing:
+            raise ConfigError(f"{key}", name, missing)
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, dict):
             raise ConfigError(f"{key}.{name}", knobs, "must map knob names to values or distributions")
@@ -177,6 +182,7 @@ class Space:
         for k in groups_spec:
             if k not in GROUP_KNOBS:
                 raise ConfigError(f"{key}.param_groups.{k}", groups_spec[k], f"unknown key; allowed: {sorted(GROUP_KNOBS)}")
+        _check_schedule_rules(key, optimizer, schedule)
         notes = _momentum_notes(key, optimizer, schedule)
         # Sections sample under "optimizer"/"schedule" (not the dotted config key).
         return cls(
@@ -211,6 +217,10 @@ class Space:
             found = comp.consistency(params[section]) if comp.consistency else None
             if found:
                 raise ValueError(f"sampled {section} params are inconsistent: {found[1]}")
+        rule = VARIANTS[params["optimizer"]["name"]].schedule_rule
+        found = rule(schedule) if rule else None
+        if found:
+            raise ValueError(f"sampled optimizer and schedule cannot be combined: {found[1]}")
         return params
 
     def describe(self) -> dict[str, str]:
@@ -253,6 +263,24 @@ class Space:
             notes.append(f"{key}: some points the sampler can choose are rejected at {budget}, e.g. {searched}: "
                          f"{message}; such trials fail with that reason")
         return notes
+
+
+def _check_schedule_rules(key: str, optimizer: Section, schedule: Section) -> None:
+    """Refuse a space where a variant could be sampled with a schedule it cannot run under
+    (a schedule-free optimizer with any lr schedule, muon with one-cycle's momentum cycling),
+    trying every combination of each schedule's bounding knob values."""
+    for opt_name in optimizer.options:
+        rule = VARIANTS[opt_name].schedule_rule
+        if rule is None:
+            continue
+        for name, full in schedule.options.items():
+            combos = _combinations(full) or [{k: d.values()[0] for k, d in full.items()}]
+            for values in combos:
+                found = rule({"name": name, **values})
+                if found:
+                    knob, message = found
+                    where, value = (f"{key}.schedule.{name}.{knob}", values[knob]) if knob else (f"{key}.schedule", name)
+                    raise ConfigError(where, value, f"{message} (optimizer {opt_name})")
 
 
 def _momentum_notes(key: str, optimizer: Section, schedule: Section) -> list[str]:

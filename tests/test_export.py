@@ -62,6 +62,39 @@ CASES = {
         "schedule": {"name": "constant"},
         "param_groups": {},
     },
+    "muon-cosine-groups-held-decay": {
+        "optimizer": {"name": "muon", "lr": 0.03, "momentum": 0.9, "nesterov": False, "ns_steps": 4,
+                      "weight_decay": 0.05, "adjust_lr_fn": "match_rms_adamw", "adamw_lr": 2e-3, "adamw_beta1": 0.8,
+                      "adamw_beta2": 0.99, "adamw_eps": 1e-7, "adamw_weight_decay": 0.01, "wd_schedule": "constant"},
+        "schedule": {"name": "cosine", "warmup_epochs": 1, "eta_min": 0.1},
+        "param_groups": {"head_lr_mult": 2.0, "layer_decay": 0.5},
+    },
+    "muon-onecycle": {
+        "optimizer": {"name": "muon", "weight_decay": 0.01, "adamw_weight_decay": 0.1},
+        "schedule": {"name": "onecycle", "cycle_momentum": False, "pct_start": 0.25},
+        "param_groups": {"no_decay_bias_norm": False},
+    },
+    "sf_adamw-warmup-groups": {
+        "optimizer": {"name": "sf_adamw", "lr": 5e-3, "beta1": 0.8, "beta2": 0.99, "weight_decay": 0.01,
+                      "warmup_epochs": 1, "r": 1.0, "weight_lr_power": 1.0},
+        "schedule": {"name": "constant"},
+        "param_groups": {"head_lr_mult": 3.0},
+    },
+    "sf_sgd-layer-decay": {
+        "optimizer": {"name": "sf_sgd", "lr": 0.5, "momentum": 0.8, "weight_decay": 1e-3, "warmup_epochs": 0.5},
+        "schedule": {"name": "constant"},
+        "param_groups": {"layer_decay": 0.7},
+    },
+    "radam-l2-step": {
+        "optimizer": {"name": "radam", "lr": 1e-2, "beta1": 0.85, "decoupled": False, "weight_decay": 1e-3},
+        "schedule": {"name": "step", "milestones": [0.5, 0.8], "gamma": 0.3},
+        "param_groups": {"head_lr_mult": 0.5},
+    },
+    "radam-decoupled-onecycle": {
+        "optimizer": {"name": "radam", "lr": 3e-3, "weight_decay": 0.05, "wd_schedule": "constant"},
+        "schedule": {"name": "onecycle", "pct_start": 0.3},
+        "param_groups": {},
+    },
 }
 
 
@@ -76,6 +109,7 @@ def train(model, optimizer, scheduler, steps: int):
     x = torch.randn(32, 6, generator=gen)
     y = torch.randint(0, 3, (32,), generator=gen)
     lrs, moms = [], []
+    getattr(optimizer, "train", lambda: None)()  # schedule-free: steps in train mode only
     for k in range(steps):
         idx = torch.arange(8) + 8 * (k % 4)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -84,7 +118,10 @@ def train(model, optimizer, scheduler, steps: int):
         lrs.append([g["lr"] for g in optimizer.param_groups])
         moms.append([g["betas"][0] if "betas" in g else g["momentum"] for g in optimizer.param_groups])
         optimizer.step()
+        # schedule-free: the lr its step used (its own warmup)
+        lrs[-1] += [g["scheduled_lr"] for g in optimizer.param_groups if "scheduled_lr" in g]
         scheduler.step()
+    getattr(optimizer, "eval", lambda: None)()  # schedule-free: the weights hold the average
     return lrs, moms
 
 
@@ -101,7 +138,7 @@ def load_module(text: str, tmp_path, name: str, how: str):
     return vars(module)
 
 
-def check_self_contained(text: str) -> ast.Module:
+def check_self_contained(text: str, allowed=("functools", "math", "torch")) -> ast.Module:
     tree = ast.parse(text)
     imported = set()
     for node in ast.walk(tree):
@@ -111,7 +148,7 @@ def check_self_contained(text: str) -> ast.Module:
             imported.add(node.module.split(".")[0])
         elif isinstance(node, ast.Name):
             assert "optsearch" not in node.id
-    assert imported <= {"functools", "math", "torch"}
+    assert imported <= set(allowed)
     for stmt in tree.body:
         assert isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Assign, ast.FunctionDef, ast.ClassDef)), \
             ast.dump(stmt)[:80]
@@ -122,7 +159,9 @@ def check_self_contained(text: str) -> ast.Module:
 def test_exported_module_reproduces_build(case, tmp_path):
     params = CASES[case]
     text = to_python(params, BUDGET)
-    check_self_contained(text)
+    schedule_free = params["optimizer"]["name"].startswith("sf_")
+    check_self_contained(text, ("functools", "math", "torch", "schedulefree") if schedule_free else
+                         ("functools", "math", "torch"))
     steps = BUDGET["steps_per_epoch"] * BUDGET["epochs"]
 
     model = make_model()
@@ -136,13 +175,73 @@ def test_exported_module_reproduces_build(case, tmp_path):
         model2 = make_model()
         optimizer2 = ns["build_optimizer"](model2)
         scheduler2 = ns["build_scheduler"](optimizer2, BUDGET["steps_per_epoch"], BUDGET["epochs"])
-        assert type(optimizer2) is type(optimizer) and type(scheduler2) is type(scheduler)
+        if params["optimizer"]["name"] == "muon":  # the class itself is in the module (its source, copied)
+            assert type(optimizer2).__name__ == "MuonWithAdamW" and type(optimizer2) is ns["MuonWithAdamW"]
+            assert [g["use_muon"] for g in optimizer2.param_groups] == [g["use_muon"] for g in optimizer.param_groups]
+        else:
+            assert type(optimizer2) is type(optimizer)
+        assert type(scheduler2) is type(scheduler)
         lrs, moms = train(model2, optimizer2, scheduler2, steps)
         assert lrs == want_lrs and moms == want_moms  # the whole run, every group, exactly
         for (n, a), b in zip(model.named_parameters(), model2.parameters()):
             assert torch.equal(a, b), n
         if case != "sgd-constant":
             assert len({lr for row in lrs for lr in row}) > 1  # the schedule and groups did vary the lr
+
+
+class Unseen(nn.Module):
+    """A model no muon case was written for: an embedding, a Conv1d, a GroupNorm, a
+    transformer block, a scalar parameter of its own, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.embed = nn.Embedding(20, 8)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.temperature = nn.Parameter(torch.tensor(1.0))
+        self.classifier = nn.Linear(8, 4)
+
+    def forward(self, idx):
+        h = self.norm(torch.relu(self.conv(self.embed(idx).transpose(1, 2)))).transpose(1, 2)
+        return self.classifier(self.block(h).mean(1) * self.temperature)
+
+
+def test_exported_muon_trains_every_tensor_of_an_unseen_model(tmp_path):
+    params = CASES["muon-cosine-groups-held-decay"]
+    ns = load_module(to_python(params, BUDGET), tmp_path, "muon_unseen", "import")
+    gen = torch.Generator().manual_seed(2)
+    idx, target = torch.randint(0, 20, (16, 6), generator=gen), torch.randint(0, 4, (16,), generator=gen)
+
+    def run(model, optimizer, scheduler):
+        for _ in range(5):
+            loss = nn.functional.cross_entropy(model(idx), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+    model, trial_model = Unseen(), Unseen()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = ns["build_optimizer"](model)
+    sides = {n: g["use_muon"] for g in optimizer.param_groups for n, p in model.named_parameters()
+             if any(p is q for q in g["params"])}
+    assert sides == {  # by hand: hidden matrices and the conv filter to Muon, the rest to AdamW
+        "embed.weight": False, "conv.weight": True, "conv.bias": False, "norm.weight": False, "norm.bias": False,
+        "block.self_attn.in_proj_weight": True, "block.self_attn.in_proj_bias": False,
+        "block.self_attn.out_proj.weight": True, "block.self_attn.out_proj.bias": False,
+        "block.linear1.weight": True, "block.linear1.bias": False, "block.linear2.weight": True,
+        "block.linear2.bias": False, "block.norm1.weight": False, "block.norm1.bias": False,
+        "block.norm2.weight": False, "block.norm2.bias": False, "temperature": False,
+        "classifier.weight": False, "classifier.bias": False,
+    }
+    run(model, optimizer, ns["build_scheduler"](optimizer))
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []  # every tensor trained
+    run(trial_model, *build(params, trial_model, BuildContext(**BUDGET)))  # the trial's own build: the same run
+    for (n, a), b in zip(model.named_parameters(), trial_model.parameters()):
+        assert torch.equal(a, b), n
 
 
 def test_exported_scheduler_defaults_to_the_trial_budget_and_rescales():

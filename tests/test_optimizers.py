@@ -161,7 +161,7 @@ def test_param_groups_no_decay_head_mult_and_layer_decay():
 
 
 def test_no_decay_group_is_not_decayed_by_any_variant():
-    for name in ("sgd", "adam_l2", "adamw", "amsgrad", "nadamw"):
+    for name in ("sgd", "adam_l2", "adamw", "amsgrad", "nadamw", "radam", "sf_adamw", "sf_sgd"):
         torch.manual_seed(0)
         m = nn.Sequential(nn.Linear(2, 2, dtype=torch.float64))
         bias = m[0].bias.detach().clone()
@@ -171,6 +171,7 @@ def test_no_decay_group_is_not_decayed_by_any_variant():
         m[0].bias.grad = torch.zeros_like(bias)
         m[0].weight.grad = torch.zeros_like(m[0].weight)
         w = m[0].weight.detach().clone()
+        getattr(opt, "train", lambda: None)()  # schedule-free: steps only in train mode
         opt.step()
         assert torch.equal(m[0].bias, bias), name  # zero grad, no decay: unchanged
         assert not torch.equal(m[0].weight, w), name  # the weight did decay
@@ -203,3 +204,50 @@ def test_wd_schedule_constant_is_rejected_for_l2_decay():
     for opt in ({"name": "sgd"}, {"name": "adam_l2"}, {"name": "amsgrad", "decoupled": False}):
         with pytest.raises(ConfigError, match="wd_schedule"):
             step({**opt, "wd_schedule": "constant"}, [G])
+
+
+def test_radam_is_sgd_with_momentum_until_the_variance_is_tractable_then_rectified_adam():
+    # Liu et al. 2020, Algorithm 2 (torch's threshold rho_t > 5): rho_inf = 2 / (1 - b2) - 1,
+    # rho_t = rho_inf - 2 t b2^t / (1 - b2^t); rectified: m_hat * r_t * sqrt(1 - b2^t) / (sqrt(v) + eps).
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.99, 1e-8, 0.1
+    grads = [0.5, -0.3, 0.8, 0.2, 0.6, -0.1, 0.4, 0.9]
+    rho_inf = 2 / (1 - b2) - 1
+    for decoupled in (True, False):
+        w, opt = step({"name": "radam", "lr": lr, "beta1": b1, "beta2": b2, "eps": eps, "weight_decay": wd,
+                       "decoupled": decoupled}, grads)
+        assert type(opt) is torch.optim.RAdam and opt.param_groups[0]["decoupled_weight_decay"] is decoupled
+        x, m, v, modes = P0, 0.0, 0.0, []
+        for t, g in enumerate(grads, 1):
+            if decoupled:
+                x *= 1 - lr * wd
+            else:
+                g = g + wd * x
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            m_hat = m / (1 - b1**t)
+            rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+            if rho > 5:
+                r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                x -= lr * m_hat * r * math.sqrt(1 - b2**t) / (math.sqrt(v) + eps)
+            else:
+                x -= lr * m_hat
+            modes.append(rho > 5)
+        assert modes[0] is False and modes[-1] is True  # both regimes were exercised
+        assert w == pytest.approx(x, rel=1e-12), decoupled
+
+
+def test_radam_decay_settings():
+    lr, wd, spe = 0.1, 0.2, 10
+    zero = [0.0] * spe  # zero gradients: only the decay moves the weight
+    lrs = [lr * (1 + math.cos(math.pi * k / spe)) / 2 for k in range(spe)]
+    w, _ = step({"name": "radam", "lr": lr, "weight_decay": wd}, zero, {"name": "cosine"})
+    assert w == pytest.approx(P0 * math.prod(1 - a * wd for a in lrs), rel=1e-12)  # decoupled by default
+    w, _ = step({"name": "radam", "lr": lr, "weight_decay": wd, "wd_schedule": "constant"}, zero, {"name": "cosine"})
+    assert w == pytest.approx(P0 * (1 - lr * wd) ** spe, rel=1e-12)
+    with pytest.raises(ConfigError, match="wd_schedule"):
+        step({"name": "radam", "decoupled": False, "wd_schedule": "constant"}, [G])
+    b, n, epochs, lam_norm = 128, 50_000, 8, 0.05
+    lam = lam_norm * math.sqrt(b / (n * epochs))
+    w, _ = step({"name": "radam", "lr": 0.3, "weight_decay_norm": lam_norm}, [0.0] * 5,
+                ctx=BuildContext(steps_per_epoch=10, epochs=epochs, batch_size=b, train_size=n))
+    assert w == pytest.approx(P0 * (1 - lam) ** 5, rel=1e-12)  # the paper's lr-free rate

@@ -6,17 +6,20 @@ from pathlib import Path
 
 import optuna
 import pytest
+import schedulefree
 import torch
 import yaml
 from torch import nn
 
 from optsearch.errors import ConfigError
 from optsearch.spaces import BuildContext, Space, build
+from optsearch.spaces.muon import MuonWithAdamW
 from optsearch.spaces.params import resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CIFAR_CONFIGS = ["cifar10-sgd.yaml", "cifar10-adam-l2.yaml", "cifar10-adamw.yaml", "cifar10-amsgrad.yaml",
-                 "cifar10-adamw-sgdr.yaml", "cifar10-onecycle.yaml"]
+                 "cifar10-adamw-sgdr.yaml", "cifar10-onecycle.yaml", "cifar10-muon.yaml",
+                 "cifar10-schedulefree.yaml"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -211,7 +214,8 @@ def test_rejected_points_are_told_at_load_time_and_a_space_of_only_those_is_an_e
 # ---- shipped configs --------------------------------------------------------------------
 
 TORCH_CLASS = {"sgd": torch.optim.SGD, "adam_l2": torch.optim.Adam, "adamw": torch.optim.AdamW,
-               "nadamw": torch.optim.NAdam}
+               "nadamw": torch.optim.NAdam, "radam": torch.optim.RAdam, "muon": MuonWithAdamW,
+               "sf_adamw": schedulefree.AdamWScheduleFree, "sf_sgd": schedulefree.SGDScheduleFree}
 
 
 @pytest.mark.parametrize("name", CIFAR_CONFIGS)
@@ -234,7 +238,8 @@ def test_cifar10_configs_parse_sample_and_build(name):
             else TORCH_CLASS[variant["name"]]
         assert type(optimizer) is want
         peaks = {g.get("max_lr", g.get("initial_lr", g["lr"])) for g in optimizer.param_groups}  # the peak lr
-        assert peaks == {variant["lr"]}  # no group multipliers in these configs
+        # no group multipliers in these configs; muon: Muon's lr (conv filters) and AdamW's
+        assert peaks == ({variant["lr"], variant["adamw_lr"]} if variant["name"] == "muon" else {variant["lr"]})
 
 
 @pytest.mark.parametrize("t0,t_mult,restarts", [(1.0, 1, list(range(1, 10))), (2.0, 1, [2, 4, 6, 8]), (5.0, 1, [5]),

@@ -103,6 +103,25 @@ class TrialContext:
         except ConfigError as err:
             raise PointRejected(f"rejected by the builders: {err}") from None
 
+    def train_mode(self, optimizer) -> None:
+        """Call before training steps (each epoch). A schedule-free optimizer (``sf_adamw``,
+        ``sf_sgd``) moves the parameters to the point where it takes gradients
+        (``optimizer.train()``); a no-op for other optimizers."""
+        from optsearch.spaces.schedule_free import train_mode
+
+        train_mode(optimizer)
+
+    def eval_mode(self, optimizer, model, batches=None) -> int:
+        """Call before evaluating (or saving) the model. A schedule-free optimizer moves the
+        parameters to its averaged iterate (``optimizer.eval()``), and the model's BatchNorm
+        statistics are recomputed there from ``batches`` (training inputs: an iterable, or a
+        function returning one, called only then; a plain average over them). Returns the
+        number of batches used; a no-op (0) for other optimizers and models without
+        BatchNorm. Call ``train_mode`` before training again."""
+        from optsearch.spaces.schedule_free import eval_mode
+
+        return eval_mode(optimizer, model, batches)
+
 
 class Trainer(Protocol):
     def fit(self, params: dict, ctx: TrialContext) -> dict[str, float]: ...

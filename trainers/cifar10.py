@@ -16,7 +16,8 @@ under bf16 autocast, and on CPUs with native bf16 units too (``precision: auto``
 float32; channels_last on both unless turned off.
 
 The study optimises ``val_acc`` (every epoch, on the held-out split); ``test_acc`` is
-computed once, after the last epoch. ``tta`` averages the logits of each image and its
+computed once, after the last epoch. With a schedule-free optimizer both are measured at its
+averaged weights, with BatchNorm statistics recomputed there (``bn_batches``). ``tta`` averages the logits of each image and its
 mirror image for both.
 """
 
@@ -41,6 +42,7 @@ from optsearch.constraints import (
     at_least,
 )
 from optsearch.spaces.build import BuildContext
+from optsearch.spaces.schedule_free import eval_mode, train_mode
 from optsearch.trainers.base import TrialContext, option
 from optsearch.trainers.data import DEFAULT_ROOT, load_cifar10, split_indices, subset_indices
 
@@ -72,6 +74,8 @@ class Cifar10Options:
     eval_batch_size: int | None = option(None, Nullable(at_least(1)), "null: 2000 on CUDA, 500 on CPU")
     precision: str = option("auto", Options("auto", "bf16", "fp32"),
                             "auto: bf16 autocast on CUDA and on CPUs with native bf16")
+    bn_batches: int = option(10, at_least(1), "schedule-free only: training batches whose forward passes "
+                             "recompute the BatchNorm statistics at the averaged weights before each evaluation")
 
     def validate(self):
         if self.train_subset is not None and self.train_subset > CIFAR10_TRAIN - self.val_size:
@@ -326,6 +330,7 @@ class Cifar10Trainer:
         o = self.options
         xt, yt = run.data["train"]
         run.model.train()
+        train_mode(run.optimizer)  # schedule-free: the weights where gradients are taken
         perm = torch.randperm(len(xt), device=xt.device, generator=run.generator)
         total = torch.zeros((), device=xt.device)
         seen = 0
@@ -346,6 +351,20 @@ class Cifar10Trainer:
                 break
         return total.item() / max(1, seen)
 
+    def eval_mode(self, run: "Run") -> int:
+        """Schedule-free optimizers: put the averaged weights in the model and recompute the
+        BatchNorm statistics there, from the first ``bn_batches`` batches of the (shuffled)
+        training split, unaugmented, under the training autocast. A no-op otherwise."""
+        o = self.options
+        xt = run.data["train"][0]
+
+        def batches():
+            for i in range(min(o.bn_batches, run.steps)):
+                yield run.normalize(xt[i * o.batch_size:(i + 1) * o.batch_size])
+
+        with run.autocast():
+            return eval_mode(run.optimizer, run.model, batches)
+
     def evaluate(self, run: "Run", split: str) -> float:
         """Accuracy on ``"val"`` or ``"test"``, with flip TTA when ``tta`` is on."""
         o = self.options
@@ -359,6 +378,7 @@ class Cifar10Trainer:
             train_loss = self.train_epoch(run, max_steps_per_epoch)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
+            self.eval_mode(run)  # schedule-free: evaluate the averaged weights
             metrics = {"train_loss": train_loss, "val_acc": self.evaluate(run, "val"),
                        "lr": run.optimizer.param_groups[0]["lr"]}
             ctx.report(epoch + 1, metrics)

@@ -93,6 +93,7 @@ class DigitsTrainer:
         metrics: dict[str, float] = {}
         for epoch in range(o.epochs):
             model.train()
+            ctx.train_mode(optimizer)  # schedule-free: the weights where gradients are taken
             perm = torch.randperm(len(xt), generator=gen).to(ctx.device)
             total = 0.0
             for i in range(steps):
@@ -106,6 +107,9 @@ class DigitsTrainer:
             train_loss = total / len(xt)
             if not torch.isfinite(torch.tensor(train_loss)):
                 raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch + 1}")
+            # schedule-free: evaluate the averaged weights (BatchNorm statistics, if the model
+            # had any, recomputed there from training batches)
+            ctx.eval_mode(optimizer, model, lambda: xt.split(o.batch_size))
             metrics = {"train_loss": train_loss, "val_acc": accuracy(model, xv, yv),
                        "lr": optimizer.param_groups[0]["lr"]}
             ctx.report(epoch + 1, metrics)
