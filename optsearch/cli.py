@@ -59,11 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             print_comparison(rows, maximize)
             return 0
         if args.command == "configs":
-            from optsearch.search.config import bundled_dir
+            from optsearch.search.config import bundled_dir, description
 
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(show_header=False, box=None, padding=(0, 2, 1, 0))
+            table.add_column("config", no_wrap=True, style="bold")
+            table.add_column("what it studies")
             for f in sorted(bundled_dir().glob("*.yaml")):
-                first = next((ln.lstrip("# ").strip() for ln in f.read_text().splitlines() if ln.startswith("#")), "")
-                print(f"{f.name:28} {first}")
+                table.add_row(f.name, description(f))
+            Console().print(table)
             return 0
     except ConfigError as err:
         print(f"optsearch: error: {err}", file=sys.stderr)

@@ -107,6 +107,16 @@ def bundled_dir() -> Path:
     return Path(str(resources.files("optsearch.configs")))
 
 
+def description(path: Path) -> str:
+    """A config's header comment (its leading ``#`` lines) as one paragraph."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(ln for ln in lines if ln)
+
+
 def resolve_path(name: str) -> Path:
     """A path as given, else a bundled config of that (base) name."""
     p = Path(name).expanduser()

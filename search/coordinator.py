@@ -33,6 +33,7 @@ class Running:
     params: dict
     attempt: int
     started: float  # time.time()
+    last_step: int | None = None  # the last step (epoch) it reported
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -70,7 +71,8 @@ class Heartbeat:
 
 
 class Coordinator:
-    def __init__(self, cfg: Config, owner: studies.Owner, writer: Any = None, run_name: str | None = None):
+    def __init__(self, cfg: Config, owner: studies.Owner, writer: Any = None, run_name: str | None = None,
+                 started: float | None = None):
         """``owner``: the driver's claim (``study.prepare``); ``writer``: an MLflow writer
         actor started beside this one (``run.py``)."""
         quiet_libraries()
@@ -100,6 +102,8 @@ class Coordinator:
                 yaml.safe_dump(cfg.raw, sort_keys=False),
                 actor=writer,
                 before=len(self.study.get_trials(deepcopy=False)),
+                description=_description(cfg),
+                started=started,
             )
 
     # --- the worker protocol -------------------------------------------------------------
@@ -123,7 +127,9 @@ class Coordinator:
             trial.set_user_attr("params", params)
             self.running[trial.number] = running
             if self.tracker:
-                self.tracker.trial_started(trial.number, params, self._tags(trial.number), running.started)
+                searched = self.cfg.space.searched(params, trial.params)
+                self.tracker.trial_started(trial.number, params, searched, dict(trial.params),
+                                           self._tags(trial.number), running.started, _run_name(trial.number, params))
             first = trial.user_attrs.get(studies.RETRY_OF, trial.number)  # a retry runs with the same seed
             return Job(trial.number, params, trial_seed(self.cfg.study.seed, first), attempt)
         return None
@@ -133,6 +139,7 @@ class Coordinator:
         run = self.running.get(number)
         if run is None:  # the trial already ended (its worker was lost)
             return Answer(fail="the trial was already ended")
+        run.last_step = step
         if self.tracker:
             self.tracker.trial_metrics(number, step, metrics)
         value = metrics.get(self.metric)
@@ -214,10 +221,24 @@ class Coordinator:
         if value is not None and (self.best is None or (value > self.best) == (self.cfg.study.direction == "maximize")):
             self.best = value
         if self.tracker:
-            tags = {**self._tags(trial.number), "optsearch.state": _state_name(state, outcome.failure)}
+            name = _state_name(state, outcome.failure)
+            tags = {**self._tags(trial.number), "optsearch.state": name}
             if outcome.error:
                 tags["optsearch.error"] = outcome.error[:5000]
-            self.tracker.trial_finished(trial.number, state, value, tags, run.params, outcome.build, time.time())
+            if outcome.resources.get("device"):
+                tags["optsearch.device"] = outcome.resources["device"]
+            epochs = run.last_step
+            ended = time.time()
+            suffix = {"pruned": f" (pruned @{epochs})", "failed": " (failed)", "retried": " (retried)"}.get(name, "")
+            self.tracker.trial_finished({
+                "number": trial.number, "state": state, "value": value, "tags": tags,
+                "name": _run_name(trial.number, run.params) + suffix,
+                "metrics": {**outcome.metrics, "wall_time_s": ended - run.started,
+                            **({"peak_gpu_mb": outcome.resources["peak_gpu_mb"]}
+                               if "peak_gpu_mb" in outcome.resources else {})},
+                "params": run.params, "build": outcome.build, "ended": ended,
+                "epochs_run": None if state == TrialState.COMPLETE else epochs,
+            })
 
     # --- views ---------------------------------------------------------------------------
     def progress(self) -> Progress:
@@ -238,8 +259,9 @@ class Coordinator:
             "counts": studies.counts(self.study),
             "this_run": {k: self.tally[k] for k in ("complete", "pruned", "failed", "retried")},
             "notes": self.notes[-30:],
-            "best": None if best is None else {"number": best.number, "value": best.value,
-                                                "params": best.user_attrs.get("params", best.params)},
+            "best": None if best is None else {
+                "number": best.number, "value": best.value, "params": best.user_attrs.get("params", best.params),
+                "searched": self.cfg.space.searched(best.user_attrs.get("params", best.params), best.params)},
             "errors": [],
         }
         self.heartbeat.stop()
@@ -252,11 +274,26 @@ class Coordinator:
         finally:
             if self.tracker:
                 if best is not None:
-                    self.tracker.study_summary(best.number, best.value, best.user_attrs.get("params", best.params),
-                                               best.user_attrs.get("build"), self.cfg.study.name)
+                    params = best.user_attrs.get("params", best.params)
+                    self.tracker.study_summary(best.number, best.value, params, best.user_attrs.get("build"),
+                                               self.cfg.space.searched(params, best.params))
                 summary["tracking"] = {**self.tracker.close("KILLED" if interrupted else "FINISHED"),
                                        "uri": self.cfg.tracking.uri}
         return summary
+
+
+def _description(cfg: Config) -> str:
+    """What the study searches, for the MLflow experiment and its parent runs (Markdown:
+    a summary line, then every choice and searched knob)."""
+    opt, sched = cfg.space.optimizer.options, cfg.space.schedule.options
+    return (f"optsearch study **{cfg.study.name}**: {' | '.join(opt)} with {' | '.join(sched)}, "
+            f"{cfg.study.direction} {cfg.study.metric}, {cfg.study.n_trials} trials.\n\n"
+            + "\n".join(f"    {line}" for line in cfg.space.summary()))
+
+
+def _run_name(number: int, params: dict) -> str:
+    """``t5 adamw+cosine``: the trial's number, variant and schedule."""
+    return f"t{number} {params['optimizer']['name']}+{params['schedule']['name']}" if params else f"t{number}"
 
 
 def _state_name(state: TrialState, failure: Failure | None) -> str:

@@ -18,7 +18,7 @@ import yaml
 
 from optsearch.errors import ConfigError
 from optsearch.search import urls
-from optsearch.spaces.export import context, to_python
+from optsearch.spaces.export import context, to_python, trial_header
 from optsearch.spaces.params import resolve
 
 FORMATS = ("python", "yaml", "json")
@@ -87,14 +87,7 @@ def export_trial(storage: str, study_name: str, trial_number: int | None = None,
 
     value = trial.value if trial.values is not None and len(trial.values) == 1 else trial.values
     if fmt == "python":
-        header = "\n".join(
-            [
-                f"study: {study_name!r}",
-                f"trial: {trial.number}  state: {trial.state.name}  value: {value!r}",
-                "budget: " + ", ".join(f"{k}={getattr(ctx, k)!r}" for k in ("steps_per_epoch", "epochs",
-                                                                           "batch_size", "train_size")),
-            ]
-        )
+        header = trial_header(study_name, trial.number, trial.state.name, value, vars(ctx))
         try:
             return to_python(params, build, header=header)
         except ConfigError as err:

@@ -66,6 +66,7 @@ class Outcome:
     error: str | None = None
     failure: Failure | None = None
     build: dict | None = None  # the trial's training budget (BuildContext fields), for export
+    resources: dict = field(default_factory=dict)  # device; peak_gpu_mb on CUDA
 
     @classmethod
     def failed(cls, failure: Failure, error: str, **kw: Any) -> "Outcome":

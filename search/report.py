@@ -9,8 +9,10 @@ import optuna
 from optuna.trial import TrialState
 
 
-def trajectory(params: dict, budget: dict, max_points: int = 500) -> dict[str, list[tuple[int, float]]]:
-    """The lr (and momentum/beta1) at each optimizer step of a whole run, subsampled.
+def trajectory(params: dict, budget: dict, max_points: int = 500,
+               until: int | None = None) -> dict[str, list[tuple[int, float]]]:
+    """The lr (and momentum/beta1) at each optimizer step of a run, subsampled: the whole
+    run, or its first ``until`` steps (a trial pruned or failed before its end).
 
     Rebuilt from the params and the trial's budget through the same builders the trial used,
     on a two-weight model (a hidden layer and a head) without param-group multipliers: the
@@ -29,6 +31,8 @@ def trajectory(params: dict, budget: dict, max_points: int = 500) -> dict[str, l
     optimizer, scheduler = build({**params, "param_groups": {}}, model, ctx)
     train_mode(optimizer)  # schedule-free optimizers step only in train mode
     total = ctx.steps_per_epoch * ctx.epochs
+    if until is not None:
+        total = max(0, min(total, until))
     every = max(1, -(-total // max_points))
     lr: list[tuple[int, float]] = []
     momentum: list[tuple[int, float]] = []
@@ -60,30 +64,50 @@ def schedule_figure(curves: dict[str, list[tuple[int, float]]], title: str):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("lr")
     ax.set_title(title)
+    lines = ax.get_lines()
     if curves.get("momentum_step"):
         ax2 = ax.twinx()
         s2, m2 = zip(*curves["momentum_step"])
-        ax2.plot(s2, m2, color="tab:orange", label="momentum / beta1")
+        ax2.plot(s2, m2, color="tab:orange", linestyle="--", label="momentum / beta1 (right axis)")
         ax2.set_ylabel("momentum / beta1")
+        lines = lines + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize="small")
     fig.tight_layout()
     return fig
 
 
-def counts(study: optuna.Study) -> dict[str, int]:
-    out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0}
-    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-             TrialState.RUNNING: "running"}
-    for t in study.get_trials(deepcopy=False):
-        if t.state in names:
-            out[names[t.state]] += 1
+def study_figures(storage: str, study_name: str, metric: str = "Objective Value") -> dict[str, Any]:
+    """The plots people look for on a study's parent run, by Optuna's matplotlib
+    visualisations: the optimisation history, a parallel-coordinates plot of the searched
+    params, and param importances (PED-ANOVA, which takes milliseconds where fANOVA takes a
+    second; when the trials allow it). Names -> figures."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as vis
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental-API notices
+        if complete:
+            out["optimization_history.png"] = vis.plot_optimization_history(study, target_name=metric).figure
+        searched = sorted({k for t in complete for k in t.params})
+        if len(complete) >= 2 and searched:
+            out["parallel_coordinate.png"] = vis.plot_parallel_coordinate(study, params=searched,
+                                                                          target_name=metric).figure
+            try:
+                out["param_importances.png"] = vis.plot_param_importances(
+                    study, target_name=metric, evaluator=optuna.importance.PedAnovaImportanceEvaluator()).figure
+            except (ValueError, RuntimeError):  # e.g. no param shared by every trial of a conditional space
+                pass
+    for fig in out.values():
+        fig.set_size_inches(8, 4.5)
+        fig.tight_layout()
     return out
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
 
 
 def epochs_spent(trials: list[Any]) -> int:

@@ -17,9 +17,11 @@ import tempfile
 from collections import Counter
 
 import ray
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from optsearch.errors import ConfigError
 from optsearch.search import study as studies
@@ -131,7 +133,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
 
         writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
-        cfg, prepared.owner, writer)
+        cfg, prepared.owner, writer, None, prepared.owner.beat)  # the parent run starts with the invocation
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
 
     def spawn():  # workers import and load their trainer while the coordinator opens the study
@@ -185,10 +187,11 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int) 
     pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
     deaths_in_row: Counter = Counter()
     fatal = None
-    columns = (TextColumn("[bold]trials"), BarColumn(bar_width=None), MofNCompleteColumn(),
-               TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, expand=True) as bar:
-        task = bar.add_task("", total=left)
+    # The bar takes the whole width; the counts go on a line of their own below it.
+    bar = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=None), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, expand=True)
+    task = bar.add_task("", total=left)
+    with Live(Group(bar, Text("")), console=console, refresh_per_second=4) as live:
         while pending:
             ready, _ = ray.wait(list(pending), timeout=poll)
             for ref in ready:
@@ -218,15 +221,18 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int) 
                 slots[slot] = spawn()
                 pending[slots[slot].run.remote(coord, slot)] = slot
             p = ray.get(coord.progress.remote())
-            bar.update(task, completed=p.complete + p.pruned + p.failed, description=_progress_line(p))
+            bar.update(task, completed=p.complete + p.pruned + p.failed)
+            live.update(Group(bar, Text.from_markup(_progress_line(p))))
+    if not console.is_terminal:
+        console.line()  # a terminal's live display ends its line itself; a pipe's does not
     return fatal
 
 
 def _progress_line(p) -> str:
-    best = "-" if p.best is None else f"{p.best:.4g}"
-    retried = f" [magenta]retried {p.retried}[/]" if p.retried else ""
-    return (f"[green]complete {p.complete}[/] [yellow]pruned {p.pruned}[/] [red]failed {p.failed}[/]{retried} "
-            f"[cyan]running {p.running}[/] best {best}")
+    best = "-" if p.best is None else f"{p.best:.4f}"
+    retried = f"  [magenta]retried {p.retried}[/]" if p.retried else ""
+    return (f"[green]complete {p.complete}[/]  [yellow]pruned {p.pruned}[/]  [red]failed {p.failed}[/]{retried}  "
+            f"[cyan]running {p.running}[/]  best {best}")
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
@@ -243,14 +249,17 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     console.print("failed: the trial's own doing (counted); retried: cut short by a crash, a lost worker or an "
                   "interruption, and run again (not counted)", style="dim")
     if best:
-        params = Table(title="best params", show_header=False)
-        params.add_column("key")
-        params.add_column("value")
-        from optsearch.search.tracking import flatten
+        params = Table(title=f"best params (trial {best['number']})", show_header=True)
+        params.add_column("param")
+        params.add_column("value", justify="right")
+        params.add_column("searched as (Optuna)")
+        from optsearch.search.tracking import flatten, param_text
 
+        searched = best.get("searched") or {}
         for k, v in flatten(best["params"]).items():
-            params.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+            params.add_row(k, param_text(v), searched.get(k, ""), style=None if k in searched else "dim")
         console.print(params)
+        console.print("dim rows were fixed, not searched", style="dim")
     for note in summary.get("notes") or []:
         console.print(f"[yellow]{note}[/]", soft_wrap=True)
     for e in summary.get("errors") or []:

@@ -352,6 +352,9 @@ def prepare(cfg: Config, allow_space_change: bool = False) -> Prepared:
     """Before Ray starts: open (or create) the study, check it against the config, claim it,
     and recover what a crashed run left. Bad input raises ``ConfigError`` within seconds."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = urls.sqlite_path(cfg.study.storage)
+    if path is not None and not path.parent.is_dir():
+        raise ConfigError("study.storage", cfg.study.storage, f"its folder {str(path.parent)!r} does not exist")
     try:
         storage = make_storage(cfg.study.storage)
         study = optuna.create_study(study_name=cfg.study.name, storage=storage, direction=cfg.study.direction,

@@ -53,6 +53,15 @@ def _ms(t: float | None = None) -> int:
     return int((time.time() if t is None else t) * 1000)
 
 
+def param_text(value: Any) -> str:
+    """A param as MLflow shows it: floats at 6 significant digits (``8.70925e-05``, not
+    ``8.709250120548572e-05``, which the runs table cuts to ``8.70925012…``); the exact
+    values stay in Optuna and in the trial's ``optsearch.params`` tag."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 class MlflowWriter:
     """MLflow writes for one invocation of a study (one parent run).
 
@@ -66,10 +75,11 @@ class MlflowWriter:
         """``owner``: the driver's claim (``study.Owner``); the writer ends with the driver."""
         import os
 
-        if owner is not None:
+        if owner is not None:  # its own actor process
             from optsearch.search.study import exit_with
 
             exit_with(owner)
+            os.nice(10)  # background work: trials and the coordinator come first on a busy CPU
 
         for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
             os.environ.setdefault(var, value)  # a tracking server that is down costs seconds, not minutes
@@ -98,6 +108,8 @@ class MlflowWriter:
         self.runs: dict[int, str] = {}
         self.recovered: list[str] = []  # runs a crashed invocation left RUNNING, closed at open
         self.backfilled = 0  # finished trials that had no run, logged at open
+        self.study = self.storage = None  # set by open
+        self.metric = "value"
 
     # --- writes that survive MLflow's failures --------------------------------------------
     def _do(self, name: str, *args: Any) -> None:
@@ -139,24 +151,23 @@ class MlflowWriter:
                                   tags=tags if i == 0 else ())
 
     # --- the protocol the coordinator calls ---------------------------------------------
-    def open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int = 0) -> None:
+    def open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int = 0,
+             description: str = "", started: float | None = None) -> None:
         """Open the parent run; ``before``: trials numbered below it existed before this run
-        (finished ones without a run are backfilled)."""
-        self._do("_open", run_name, tags, config_text, before)
+        (finished ones without a run are backfilled); ``description``: what the study
+        searches (shown on the experiment and the parent run)."""
+        self._do("_open", run_name, tags, config_text, before, description, started)
 
-    def trial_started(self, number: int, params: dict, tags: dict[str, str], started: float) -> None:
-        self._do("_start", number, params, tags, started)
+    def apply(self, groups: list) -> None:
+        """A batch of trial events from the ``Tracker``, one group per trial, in order:
+        ``{"number", "start": (params, searched, sampled, tags, started, name) or None,
+        "points": [(step, metrics, timestamp_ms)], "finish": record or None}`` (a record:
+        state, value, metrics, tags, name, params, build, ended, epochs_run). A short trial
+        that starts and ends within one batch costs three writes: create, one log_batch, end."""
+        self._do("_apply", groups)
 
-    def metrics_batch(self, points: list) -> None:
-        """Buffered (number, step, metrics, timestamp) points, one log_batch per run."""
-        self._do("_metrics", points)
-
-    def trial_finished(self, number: int, state: TrialState, value: float | None, tags: dict[str, str],
-                       params: dict | None, build: dict | None, ended: float) -> None:
-        self._do("_finish", number, state, value, tags, params, build, ended)
-
-    def study_summary(self, number: int, value: float, params: dict, build: dict | None, study: str) -> None:
-        self._do("_summary", number, value, params, build, study)
+    def study_summary(self, number: int, value: float, params: dict, build: dict | None, searched: dict) -> None:
+        self._do("_summary", number, value, params, build, searched)
 
     def close(self, status: str = "FINISHED") -> dict:
         self._do("_close", status)
@@ -165,15 +176,22 @@ class MlflowWriter:
                 "unwritten": len(self.backlog), "recovered": self.recovered, "backfilled": self.backfilled}
 
     # --- the writes -------------------------------------------------------------------------
-    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int) -> None:
+    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int,
+              description: str, started: float | None) -> None:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             self.experiment_id = self.client.create_experiment(self.experiment,
                                                                artifact_location=artifact_location(self.uri))
         else:
             self.experiment_id = exp.experiment_id
+        self.study, self.storage, self.metric = (tags["optsearch.study"], tags["optsearch.storage"],
+                                                 tags.get("optsearch.metric", "value"))
+        if description:  # the experiments list and the run page show it
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", description)
+            tags = {**tags, "mlflow.note.content": description}
         self._recover(tags["optsearch.study"])
-        self.parent_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        self.parent_id = self.client.create_run(self.experiment_id, start_time=_ms(started), tags=tags,
+                                                run_name=run_name).info.run_id
         if config_text is not None:
             self.client.log_text(self.parent_id, config_text, "config.yaml")
         if before:
@@ -235,68 +253,91 @@ class MlflowWriter:
                 continue
             self.recovered.append(r.info.run_id)
 
-    def _start(self, number: int, params: dict, tags: dict[str, str], started: float) -> None:
-        from mlflow.entities import Param
+    def _apply(self, groups: list) -> None:
+        """Write the groups from the front; each is removed once done, and its steps are
+        marked as they succeed, so a retry (the backlog holds this same list) writes only
+        what is left."""
+        while groups:
+            self._group(groups[0])
+            groups.pop(0)
 
+    def _group(self, g: dict) -> None:
+        import json
+
+        from mlflow.entities import Metric, Param, RunTag
+
+        number = g["number"]
         if self.parent_id is None:
             return
-        tags = {"mlflow.parentRunId": self.parent_id, **tags}
-        run_id = self.client.create_run(self.experiment_id, start_time=_ms(started), tags=tags,
-                                        run_name=f"trial-{number}").info.run_id
-        self.runs[number] = run_id
-        self._batch(run_id, params=[Param(k, str(v)) for k, v in flatten(params).items()])
+        if number not in self.runs:
+            if g["start"] is None:
+                return  # a trial this invocation never opened (its start was lost with a crash)
+            params, searched, sampled, tags, started, name = g["start"]
+            tags = {"mlflow.parentRunId": self.parent_id, **tags,
+                    "optsearch.params": json.dumps(params, sort_keys=True, default=str),
+                    "optsearch.optuna_params": json.dumps(sampled, sort_keys=True, default=str)}
+            self.runs[number] = self.client.create_run(self.experiment_id, start_time=_ms(started), tags=tags,
+                                                       run_name=name).info.run_id
+        run_id = self.runs[number]
+        if not g.get("logged"):
+            metrics = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
+            params, tags = [], {}
+            if g["start"] is not None:
+                flat = flatten(g["start"][0])
+                params = [Param(k, param_text(flat[k])) for k in g["start"][1] if k in flat]
+            if g["finish"] is not None:
+                extra, tags = self._final(g["finish"])
+                metrics += extra
+            if metrics or params or tags:
+                self._batch(run_id, metrics, params=params, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            g["logged"] = True
+        if g["finish"] is not None:
+            r = g["finish"]
+            self.client.set_terminated(run_id, STATUS[r["state"]], end_time=_ms(r["ended"]))
+            del self.runs[number]
 
-    def _metrics(self, points: list) -> None:
+    def _final(self, r: dict) -> tuple[list, dict]:
+        """A finished trial's final metrics (every one the trainer returned, the value, the lr
+        and momentum of every step it ran) and tags (its state, its run name)."""
         from mlflow.entities import Metric
 
-        by_run: dict[str, list] = {}
-        for number, step, metrics, ts in points:
-            run_id = self.runs.get(number)
-            if run_id:
-                by_run.setdefault(run_id, []).extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
-        for run_id, batch in by_run.items():
-            self._batch(run_id, batch)
-
-    def _finish(self, number, state, value, tags, params, build, ended) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        run_id = self.runs.get(number)
-        if run_id is None:
-            return
-        now = _ms(ended)
-        metrics = [] if value is None else [Metric("value", float(value), now, 0)]
-        if params is not None and build is not None:
-            # The lr (and momentum) of every step, rebuilt through the builders the trial used.
+        now = _ms(r["ended"])
+        last = r["epochs_run"] or 0
+        metrics = [Metric(k, float(v), now, last) for k, v in r["metrics"].items()]
+        if r["value"] is not None:
+            metrics.append(Metric("value", float(r["value"]), now, 0))
+        build, params = r["build"], r["params"]
+        if params and build is not None:
             from optsearch.search.report import trajectory
 
+            until = None if r["epochs_run"] is None else r["epochs_run"] * build["steps_per_epoch"]
             try:
-                curves = trajectory(params, build)
+                curves = trajectory(params, build, until=until)
             except Exception as err:  # noqa: BLE001 - a curve is not worth a lost run
                 self._failed("lr trajectory", err)
                 curves = {}
             metrics += [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
-        self._batch(run_id, metrics, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        self.client.set_terminated(run_id, STATUS[state], end_time=now)
-        del self.runs[number]
+        return metrics, {**r["tags"], "mlflow.runName": r["name"]}
 
-    def _summary(self, number, value, params, build, study) -> None:
+    def _summary(self, number, value, params, build, searched) -> None:
         import yaml
         from mlflow.entities import Metric, Param, RunTag
 
-        from optsearch.search.report import schedule_figure, trajectory
+        from optsearch.search.report import schedule_figure, study_figures, trajectory
 
         if self.parent_id is None:
             return
         now = _ms()
         metrics = [Metric("best_value", float(value), now, 0)]
         texts = {"best_params.yaml": yaml.safe_dump({"trial": number, "value": value, "params": params,
-                                                     "build": build}, sort_keys=False)}
-        figure = None
+                                                     "searched": searched, "build": build}, sort_keys=False)}
+        figures = {}
         if build:
-            from optsearch.spaces.export import to_python
+            from optsearch.spaces.export import to_python, trial_header
 
             try:
-                texts["best_optimizer.py"] = to_python(params, build, header=f"study {study}, trial {number}")
+                texts["best_optimizer.py"] = to_python(params, build, header=trial_header(
+                    self.study, number, "COMPLETE", value, build))
                 curves = trajectory(params, build)
             except Exception as err:  # noqa: BLE001
                 self._failed("export of the best trial", err)
@@ -304,13 +345,20 @@ class MlflowWriter:
             metrics += [Metric(f"best_{name}", float(v), now, int(step))
                         for name, pts in curves.items() for step, v in pts]
             if curves:
-                figure = schedule_figure(curves, f"best trial {number}: lr schedule")
-        self._batch(self.parent_id, metrics, params=[Param(k, str(v)) for k, v in flatten({"best": params}).items()],
+                figures["best_schedule.png"] = schedule_figure(curves, f"best trial {number}: lr schedule")
+        try:
+            figures.update(study_figures(self.storage, self.study, self.metric))
+        except Exception as err:  # noqa: BLE001 - plots are not worth a lost summary
+            self._failed("study plots", err)
+        flat = flatten(params)
+        self._batch(self.parent_id, metrics,
+                    params=[Param(f"best.{k}", param_text(flat[k])) for k in searched if k in flat],
                     tags=[RunTag("optsearch.best_trial", str(number))])
         for name, text in texts.items():
             self.client.log_text(self.parent_id, text, name)
-        if figure is not None:
-            self.client.log_figure(self.parent_id, figure, "best_schedule.png")
+        for name, figure in figures.items():
+            if figure is not None:
+                self.client.log_figure(self.parent_id, figure, name)
 
     def _close(self, status: str) -> None:
         for number, run_id in list(self.runs.items()):  # trials the coordinator never closed
@@ -364,16 +412,18 @@ def writer_actor(uri: str, experiment: str, owner: Any = None, **options):
 class Tracker:
     """What the coordinator holds: enqueue-only calls to a writer actor or thread.
 
-    Per-epoch metrics are buffered and sent every ``flush_every`` seconds by a timer thread
-    of the tracker's own (and before a trial's end), so a study's hundreds of reports become
-    a few writes and nothing waits longer than that.
+    Trial events (starts, per-epoch metrics, ends) are buffered and sent as one batch every
+    ``flush_every`` seconds by a timer thread of the tracker's own, grouped by trial, so a
+    study's hundreds of events become a few writes (``MlflowWriter.apply``) and nothing waits
+    longer than that to show in MLflow.
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None,
-                 actor: Any = None, flush_every: float = 1.0, before: int = 0):
+                 actor: Any = None, flush_every: float = 1.0, before: int = 0, description: str = "",
+                 started: float | None = None):
         import ray
 
-        self._pending: list = []
+        self._groups: dict[int, dict] = {}
         self._lock = threading.Lock()
         if actor is None and ray.is_initialized():
             actor = writer_actor(uri, experiment)
@@ -384,7 +434,7 @@ class Tracker:
             writer = ThreadedWriter(uri, experiment)
             self._call = lambda name, *args: getattr(writer, name)(*args)
             self._writer = writer
-        self._call("open", run_name, tags, config_text, before)
+        self._call("open", run_name, tags, config_text, before, description, started)
         self._stop = threading.Event()
 
         def tick() -> None:
@@ -394,22 +444,31 @@ class Tracker:
         self._timer = threading.Thread(target=tick, daemon=True, name="optsearch-mlflow-flush")
         self._timer.start()
 
-    def trial_started(self, number: int, params: dict, tags: dict[str, str], started: float) -> None:
-        self._call("trial_started", number, params, tags, started)
+    def _group(self, number: int) -> dict:
+        return self._groups.setdefault(number, {"number": number, "start": None, "points": [], "finish": None})
+
+    def trial_started(self, number: int, params: dict, searched: dict, sampled: dict, tags: dict[str, str],
+                      started: float, name: str) -> None:
+        """``searched``: resolved path -> Optuna name of the knobs the trial searched (its
+        params in MLflow); ``sampled``: Optuna's own params (a tag)."""
+        with self._lock:
+            self._group(number)["start"] = (params, searched, sampled, tags, started, name)
 
     def trial_metrics(self, number: int, step: int, metrics: dict[str, float]) -> None:
         with self._lock:
-            self._pending.append((number, step, metrics, _ms()))
+            self._group(number)["points"].append((step, metrics, _ms()))
+
+    def trial_finished(self, record: dict) -> None:
+        """``record``: number, state (TrialState), value, metrics (final), tags, name,
+        params, build, ended, epochs_run (None when the trial ran to its end)."""
+        with self._lock:
+            self._group(record["number"])["finish"] = record
 
     def flush(self) -> None:
         with self._lock:
-            if self._pending:
-                self._call("metrics_batch", self._pending)
-                self._pending = []
-
-    def trial_finished(self, *args) -> None:
-        self.flush()
-        self._call("trial_finished", *args)
+            if self._groups:
+                self._call("apply", list(self._groups.values()))
+                self._groups = {}
 
     def study_summary(self, *args) -> None:
         self.flush()

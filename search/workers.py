@@ -148,6 +148,9 @@ def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) 
 
         ctx = TrialContext(job.number, job.seed, options=trainer[2], reporter=reporter)
         seed_everything(job.seed)
+        cuda = "torch" in sys.modules and sys.modules["torch"].cuda.is_available()
+        if cuda:
+            sys.modules["torch"].cuda.reset_peak_memory_stats()
         fatal = None
         try:
             metrics = fit(job.params, ctx)
@@ -163,7 +166,10 @@ def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) 
         except Exception as err:  # noqa: BLE001 - the trainer's own failure
             outcome = Outcome.failed(Failure.TRAINER, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=8)}")
         build = None if ctx.built is None else vars(ctx.built)
-        conn.send(("outcome", replace(outcome, build=build), fatal))
+        resources = {"device": str(ctx._device) if ctx._device is not None else "cpu"}
+        if cuda:
+            resources["peak_gpu_mb"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**20
+        conn.send(("outcome", replace(outcome, build=build, resources=resources), fatal))
 
 
 @dataclass

@@ -118,10 +118,8 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
         out.append(comment(header))
     if variant.usage:
         out += ["#", comment(variant.usage)]
+    imports = len(out)  # the standard-library imports go here once the body is known
     out += [
-        "",
-        "import functools",
-        "import math",
         "",
         "import torch",
         "from torch.optim import lr_scheduler",
@@ -162,7 +160,15 @@ def to_python(params: dict, build: dict, header: str = "") -> str:
         f"    return {render(r.scheduler, ALIASES, indent=4)}",
         "",
     ]
-    return "\n".join(out)
+    body = "\n".join(out[imports:])
+    stdlib = [f"import {m}" for m in ("functools", "math") if f"{m}." in body]  # only what the code uses
+    return "\n".join(out[:imports] + ([""] + stdlib if stdlib else []) + out[imports:])
+
+
+def trial_header(study: str, number: int, state: str, value: Any, build: dict) -> str:
+    """The header of an exported trial (the CLI's export and MLflow's copy alike)."""
+    budget = ", ".join(f"{k}={build.get(k)!r}" for k in ("steps_per_epoch", "epochs", "batch_size", "train_size"))
+    return f"study: {study!r}\ntrial: {number}  state: {state}  value: {value!r}\nbudget: {budget}"
 
 
 def _render_params(resolved: dict) -> str:

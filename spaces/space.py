@@ -237,6 +237,41 @@ class Space:
             out[f"param_groups.{knob}"] = _describe(d)
         return out
 
+    def searched(self, params: dict, sampled: dict) -> dict[str, str]:
+        """The knobs a trial's params were searched on: resolved path -> Optuna's name.
+
+        One naming scheme is shown to people (MLflow, the terminal, exports): the resolved
+        path and value, ``optimizer.beta2 = 0.929``. Optuna stores what it sampled, under
+        the owner's name: ``adamw.beta2.one_minus = 0.071``; a choice of variant is
+        ``optimizer`` (shown as ``optimizer.name``). ``sampled``: the trial's Optuna params.
+        """
+        out = {}
+        for section in (self.optimizer, self.schedule):
+            name = params[section.key]["name"]
+            if section.key in sampled:
+                out[f"{section.key}.name"] = section.key
+            for knob, d in section.options[name].items():
+                optuna_name = f"{name}.{knob}" + (".one_minus" if isinstance(d, distributions.OneMinus) else "")
+                if optuna_name in sampled:
+                    out[f"{section.key}.{knob}"] = optuna_name
+        for knob in self.groups:
+            if f"param_groups.{knob}" in sampled:
+                out[f"param_groups.{knob}"] = f"param_groups.{knob}"
+        return out
+
+    def summary(self) -> list[str]:
+        """What the space searches, one line per choice or searched knob, for people."""
+        lines = []
+        for section in (self.optimizer, self.schedule):
+            names = list(section.options)
+            lines.append(f"{section.key}: {' | '.join(names)}")
+            for name, knobs in section.options.items():
+                for knob, d in knobs.items():
+                    if distributions.is_searched(d):
+                        lines.append(f"  {name}.{knob}: {_human(d)}")
+        lines += [f"param_groups.{k}: {_human(d)}" for k, d in self.groups.items() if distributions.is_searched(d)]
+        return lines
+
     def rejections(self, ctx: Any) -> list[str]:
         """What the builders will reject at this training budget (``BuildContext``).
 
@@ -314,3 +349,16 @@ def _describe(d: distributions.Distribution) -> str:
     if isinstance(d, distributions.Searched):
         return repr(d.dist)
     return f"Constant({d.value!r})"
+
+
+def _human(d: distributions.Distribution) -> str:
+    """A distribution in words: ``1e-05 .. 0.1 (log)``, ``one of [1, 2]``, ``1 - (1e-3 .. 0.1 (log))``."""
+    if isinstance(d, distributions.OneMinus):
+        return f"1 - ({_human(d.inner)})"
+    if isinstance(d, distributions.Searched):
+        dist = d.dist
+        if hasattr(dist, "choices"):
+            return f"one of {list(dist.choices)}"
+        step = f", step {dist.step:g}" if getattr(dist, "step", None) not in (None, 1) else ""
+        return f"{dist.low:g} .. {dist.high:g}{' (log)' if dist.log else ''}{step}"
+    return repr(d.value)

@@ -378,3 +378,11 @@ def test_export_trial_hostile_study_name_and_values(tmp_path):
             export_trial(storage, HOSTILE, fmt=fmt)
         assert info.value.key == "--trial" and "anneal_strategy" in str(info.value)
         assert "\n" not in str(info.value) and "\r" not in str(info.value)
+
+
+def test_the_exported_module_imports_only_what_it_uses():
+    plain = to_python(CASES["sgd-constant"], BUDGET)
+    assert "import functools" not in plain and "import math" not in plain
+    noam = to_python(CASES["nadamw-noam"], BUDGET)  # functools.partial(noam_lambda, ...), math.sqrt in it
+    assert "import functools" in noam and "functools.partial(" in noam
+    assert "import math" in noam and "math.sqrt(" in noam
