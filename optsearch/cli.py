@@ -101,6 +101,9 @@ def _study(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
         return 0
+    from optsearch.search import cluster
+
+    cluster.join_check(cluster.address_of(args.ray_address))  # before Ray loads (it reads RAY_AUTH_MODE then)
     from optsearch.search.run import print_summary, run_study, unfinished
 
     try:

@@ -197,6 +197,8 @@ class Coordinator:
                 trial.set_user_attr(f"final_{k}", v)
         if outcome.build is not None:
             trial.set_user_attr("build", outcome.build)
+        if outcome.resources.get("node"):
+            trial.set_user_attr("node", outcome.resources["node"])  # where it ran
         retried = False
         if state == TrialState.FAIL:
             failure = outcome.failure or Failure.TRAINER
@@ -225,8 +227,9 @@ class Coordinator:
             tags = {**self._tags(trial.number), "optsearch.state": name}
             if outcome.error:
                 tags["optsearch.error"] = outcome.error[:5000]
-            if outcome.resources.get("device"):
-                tags["optsearch.device"] = outcome.resources["device"]
+            for key in ("device", "node"):
+                if outcome.resources.get(key):
+                    tags[f"optsearch.{key}"] = outcome.resources[key]
             epochs = run.last_step
             ended = time.time()
             suffix = {"pruned": f" (pruned @{epochs})", "failed": " (failed)", "retried": " (retried)"}.get(name, "")

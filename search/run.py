@@ -11,7 +11,6 @@ the study stops and says how far it got.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 from collections import Counter
@@ -25,7 +24,7 @@ from rich.text import Text
 
 from optsearch.errors import ConfigError
 from optsearch.search import study as studies
-from optsearch.search import urls
+from optsearch.search import cluster, urls
 from optsearch.search.config import Config
 from optsearch.search.coordinator import Coordinator
 from optsearch.search.workers import Placement, TrialWorker, plan
@@ -50,33 +49,29 @@ def check_tracking(cfg: Config) -> None:
                                                             f"{err.strerror or err}") from None
 
 
-def check_ray_address(address: str | None) -> None:
-    """Something answers at a Ray address (a dead one would hang ``ray.init`` for minutes)."""
-    if address in (None, "", "auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--ray-address", address, "must look like HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as err:
-        raise ConfigError("--ray-address", address, f"nothing answers there: {err.strerror or err}") from None
-
-
-def init_ray(address: str | None = None) -> bool:
-    """Join ``address``, or start a local Ray. Returns True when this call started it."""
+def init_ray(address: str | None = None, ship: bool = False) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``, as Ray's own tools read it), or start a local
+    Ray. ``ship``: send the working directory to the cluster's nodes (Ray's ``runtime_env``
+    ``working_dir``), so a ``target:`` trainer imports there without a shared filesystem.
+    Returns True when this call started Ray."""
     if ray.is_initialized():
         return False
-    check_ray_address(address)
+    cluster.join_check(address)
+    runtime_env = {"working_dir": os.getcwd(), "excludes": cluster.SHIP_EXCLUDES} if ship and address else None
     try:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", runtime_env=runtime_env)
     except (ConnectionError, ValueError, RuntimeError) as err:
         if address is None:
             raise
         message = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ConfigError("--ray-address", address, f"cannot join the Ray cluster: {message}") from None
+        what = "ship the working directory to" if runtime_env and "working_dir" in message else "join"
+        raise ConfigError("--ray-address", address, f"cannot {what} the Ray cluster: {message}") from None
     return True
+
+
+def ray_shipped() -> bool:
+    """Whether this job ships its working directory to the cluster."""
+    return bool((ray.get_runtime_context().runtime_env or {}).get("working_dir"))
 
 
 def _here() -> dict:
@@ -91,6 +86,7 @@ def run_study(cfg: Config, workers: int | None = None, ray_address: str | None =
     """Run (or resume) the study to its ``n_trials``. Returns the summary; ``ConfigError``
     on bad input (before anything is stored)."""
     console = console or Console(stderr=True)
+    ray_address = cluster.address_of(ray_address)
     check_tracking(cfg)
     prepared = studies.prepare(cfg, allow_space_change)
     try:
@@ -101,7 +97,7 @@ def run_study(cfg: Config, workers: int | None = None, ray_address: str | None =
             console.print(f"study {cfg.study.name!r} already has {prepared.counted} of {cfg.study.n_trials} "
                           "trials; raise study.n_trials (--set study.n_trials=N) to run more")
             return stored_summary(cfg)
-        started = init_ray(ray_address)
+        started = init_ray(ray_address, ship=cfg.trainer.target is not None)
         try:
             return _run(cfg, prepared, workers, console, poll)
         finally:
@@ -134,11 +130,15 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
         cfg, prepared.owner, writer, None, prepared.owner.beat)  # the parent run starts with the invocation
-    actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
+    actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus,
+                                            scheduling_strategy="SPREAD")  # over the cluster's nodes
+    # On a local Ray, workers import a target trainer from the driver's folder; on a cluster
+    # it was shipped with the job (runtime_env), and they import from their own copy.
+    sys_path = [] if ray_shipped() else [os.getcwd()]
 
     def spawn():  # workers import and load their trainer while the coordinator opens the study
         return actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
-                            [os.getcwd()], cfg.study.trial_timeout)
+                            sys_path, cfg.study.trial_timeout)
 
     slots = [spawn() for _ in range(n)]
     interrupted = False
@@ -147,7 +147,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
     try:
         console.print(f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
                       f"running {left} more on {n} {placement.kind} worker(s)")
-        fatal = _drive(coord, slots, spawn, console, poll, left)
+        fatal = _drive(coord, slots, spawn, console, poll, left, placement)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at the "
@@ -181,7 +181,14 @@ def _death(err: Exception) -> str:
     return f"its actor (pid {pid}) died" + (f": {detail}" if detail else " (killed, or its node was lost)")
 
 
-def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int) -> ConfigError | None:
+def _room(placement: Placement) -> bool:
+    """Whether the cluster has the resources for one more worker now (a lost node's are gone)."""
+    free = ray.available_resources()
+    return free.get("CPU", 0) >= placement.num_cpus and free.get("GPU", 0) >= placement.num_gpus
+
+
+def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
+           placement: Placement) -> ConfigError | None:
     """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
     trainer's bad-input error (the study stops)."""
     pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
@@ -217,12 +224,19 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int) 
                                   + ("not replaced" if fatal else
                                      f"it died {GIVE_UP_AFTER} times without finishing a trial: given up"))
                     continue
+                if not _room(placement):
+                    slots[slot] = None
+                    console.print(f"[red]worker {slot} lost[/] ({reason}); {what}; no room left on the cluster "
+                                  "for a new one")
+                    continue
                 console.print(f"[yellow]worker {slot} lost[/] ({reason}); {what}; a new worker takes its place")
                 slots[slot] = spawn()
                 pending[slots[slot].run.remote(coord, slot)] = slot
             p = ray.get(coord.progress.remote())
             bar.update(task, completed=p.complete + p.pruned + p.failed)
             live.update(Group(bar, Text.from_markup(_progress_line(p))))
+            if p.left == 0 and p.running == 0:
+                break  # all done; a replacement still waiting for room on the cluster is not needed
     if not console.is_terminal:
         console.line()  # a terminal's live display ends its line itself; a pipe's does not
     return fatal

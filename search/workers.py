@@ -186,7 +186,8 @@ class TrialWorker:
                  sys_path: list[str] | None = None, trial_timeout: float | None = None):
         self.trainer = (trainer_name, trainer_target, options)
         self.threads = threads
-        self.sys_path = list(sys_path or [])
+        self.sys_path = list(sys_path or []) + [os.getcwd()]  # the job's shipped working directory, if any
+        self.node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
         self.trial_timeout = trial_timeout
         self.child: _Child | None = None
         self._spawn()  # imports and loads while the coordinator opens the study
@@ -243,6 +244,7 @@ class TrialWorker:
         ran = 0
         while (job := ray.get(coordinator.ask.remote(slot))) is not None:
             outcome, fatal = self._run(coordinator, job)
+            outcome = replace(outcome, resources={**outcome.resources, "node": self.node})
             # Calls from one caller run in order: finish is recorded before the next ask.
             coordinator.finish.remote(job.number, outcome)
             ran += 1
