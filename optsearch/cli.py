@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from optsearch.errors import ConfigError
+from optsearch.errors import ConfigError, StudyError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"optsearch: error: {err}", file=sys.stderr)
         return 2
+    except StudyError as err:
+        print(f"optsearch: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("optsearch: interrupted", file=sys.stderr)
         return 130

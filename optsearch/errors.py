@@ -43,3 +43,8 @@ class PointRejected(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.reason,))
+
+
+class StudyError(RuntimeError):
+    """The study could not go on (its coordinator died, every worker was lost): what ran is
+    kept. The CLI prints it as one line and exits with 1."""

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from optsearch.errors import ConfigError
+from optsearch.errors import ConfigError, StudyError
 from optsearch.search import study as studies
 from optsearch.search import cluster, urls
 from optsearch.search.config import Config
@@ -144,6 +144,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
     interrupted = False
     fatal: ConfigError | None = None
     summary: dict = {}
+    lost_coordinator = None
     try:
         console.print(f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
                       f"running {left} more on {n} {placement.kind} worker(s)")
@@ -152,6 +153,8 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         interrupted = True
         console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at the "
                       "next start[/]")
+    except ray.exceptions.RayActorError as err:  # the coordinator itself died
+        lost_coordinator = err
     finally:
         for a in slots:
             if a is not None:
@@ -161,10 +164,14 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         except KeyboardInterrupt:  # a second Ctrl-C: leave now; the next start recovers the rest
             interrupted = True
         except ray.exceptions.RayError as err:
-            console.print(f"[red]closing the study failed: {err}[/]")
+            lost_coordinator = lost_coordinator or err
         ray.kill(coord)
     if fatal is not None:
         raise fatal
+    if lost_coordinator is not None:
+        first = str(lost_coordinator).strip().splitlines()[0][:200]
+        raise StudyError(f"study {cfg.study.name!r}: its coordinator died ({first}); the trials that finished are "
+                         f"stored in {cfg.study.storage}: run the same command to continue")
     summary["interrupted"] = interrupted
     summary["workers"] = {"count": n, "kind": placement.kind}
     return summary
@@ -191,13 +198,21 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
            placement: Placement) -> ConfigError | None:
     """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
     trainer's bad-input error (the study stops)."""
-    pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
-    deaths_in_row: Counter = Counter()
-    fatal = None
     # The bar takes the whole width; the counts go on a line of their own below it.
     bar = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=None), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, expand=True)
     task = bar.add_task("", total=left)
+    try:
+        return _watch(coord, slots, spawn, console, poll, placement, bar, task)
+    finally:
+        if not console.is_terminal:
+            console.line()  # a terminal's live display ends its line itself; a pipe's does not
+
+
+def _watch(coord, slots, spawn, console, poll, placement, bar, task) -> ConfigError | None:
+    pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
+    deaths_in_row: Counter = Counter()  # per worker slot, since it last finished a trial
+    fatal = None
     with Live(Group(bar, Text("")), console=console, refresh_per_second=4) as live:
         while pending:
             ready, _ = ray.wait(list(pending), timeout=poll)
@@ -237,8 +252,6 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
             live.update(Group(bar, Text.from_markup(_progress_line(p))))
             if p.left == 0 and p.running == 0:
                 break  # all done; a replacement still waiting for room on the cluster is not needed
-    if not console.is_terminal:
-        console.line()  # a terminal's live display ends its line itself; a pipe's does not
     return fatal
 
 

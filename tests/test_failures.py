@@ -163,6 +163,25 @@ def test_worker_processes_killed_mid_trial_are_replaced_and_their_trials_retried
     assert "worker 1 lost" in err or "worker 0 lost" in err
 
 
+def test_a_dead_coordinator_stops_the_study_with_one_line_and_the_next_run_completes_it(tmp_path):
+    cfg = setup(tmp_path, "slow", n=6)
+    proc = subprocess.Popen([sys.executable, "-m", "optsearch", "study", str(cfg)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: complete_in_store(tmp_path) >= 1)
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout.splitlines()
+    (pid,) = [int(line.split()[0]) for line in ps if "ray::Coordinator" in line]
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("optsearch: error: study 's': its coordinator died") and "Traceback" not in err
+    again = optsearch(tmp_path, "study", str(cfg))
+    assert again.returncode == 0, again.stderr[-3000:]
+    ts = trials(tmp_path)
+    assert counted(ts) == 6 and all(t.state != TrialState.RUNNING for t in ts)
+    assert all(r.info.status != "RUNNING" for r in runs(tmp_path))
+
+
 def test_segfault_hang_nan_and_inf_each_fail_their_trial_and_the_study_completes(tmp_path):
     cfg = setup(tmp_path, "misbehaving", n=6, workers=2, extra=", trial_timeout: 8")
     done = optsearch(tmp_path, "study", str(cfg))
