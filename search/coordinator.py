@@ -80,7 +80,9 @@ class Coordinator:
         self.cfg = cfg
         self.metric = cfg.study.metric
         self.storage = MirroredStorage(studies.make_storage(cfg.study.storage))
-        self.study = studies.open_study(cfg.study, self.storage, conditional=cfg.space.conditional)
+        epochs = cfg.trainer.options.get("epochs")
+        self.study = studies.open_study(cfg.study, self.storage, conditional=cfg.space.conditional,
+                                        epochs=epochs if isinstance(epochs, int) else None)
         self.counted_before = studies.counted(self.study)
         self.running: dict[int, Running] = {}
         self.tally: Counter = Counter()  # this run: complete, pruned, failed (counted), retried
@@ -134,11 +136,15 @@ class Coordinator:
             return Job(trial.number, params, trial_seed(self.cfg.study.seed, first), attempt)
         return None
 
-    def report(self, number: int, step: int, metrics: dict[str, float]) -> Answer:
-        """Record one epoch's metrics; the answer says whether to go on, prune or fail."""
+    def report(self, number: int, step: int, metrics: dict[str, float], build: dict | None = None) -> Answer:
+        """Record one epoch's metrics; the answer says whether to go on, prune or fail.
+        ``build``: the trial's training budget, recorded with its first report (a
+        schedule-aware pruner needs its length)."""
         run = self.running.get(number)
         if run is None:  # the trial already ended (its worker was lost)
             return Answer(fail="the trial was already ended")
+        if build is not None and run.last_step is None:
+            run.trial.set_user_attr("build", build)
         run.last_step = step
         if self.tracker:
             self.tracker.trial_metrics(number, step, metrics)

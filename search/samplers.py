@@ -116,6 +116,7 @@ def parse(key: str, raw: Any, kind: str, default: str) -> tuple[str, dict]:
         raise ConfigError(key, raw, "must be a name or a mapping with 'name'")
     raw = dict(raw)
     name = raw.pop("name", default)
+    aware = check(f"{key}.schedule_aware", raw.pop("schedule_aware", False), BOOLEAN) if kind == "pruner" else False
     if name not in registry:
         raise ConfigError(f"{key}.name", name, f"unknown {kind}; known: {sorted(registry)}")
     schema = options_of(kind, name)
@@ -127,13 +128,22 @@ def parse(key: str, raw: Any, kind: str, default: str) -> tuple[str, dict]:
             raise ConfigError(f"{key}.{k}", None, f"{kind} '{name}' needs this option (it has no default)")
     options = {k: check(f"{key}.{k}", raw.get(k, d), c) for k, (d, c) in schema.items()}
     make(kind, name, options, conditional=False, key=key)  # Optuna's own checks, now
+    if aware:  # optsearch's own: consult the pruner only where the trial's schedule allows
+        options["schedule_aware"] = True
     return name, options
 
 
-def make(kind: str, name: str, options: dict, conditional: bool = False, key: str | None = None):
+def make(kind: str, name: str, options: dict, conditional: bool = False, key: str | None = None,
+         epochs: int | None = None):
     """The Optuna sampler or pruner. ``conditional``: the space has params that exist only for
-    some variants/schedules (decides TPE's ``group: auto``)."""
+    some variants/schedules (decides TPE's ``group: auto``). A pruner with ``schedule_aware``
+    comes wrapped in ``pruning.ScheduleAwarePruner`` (``epochs``: the trainer's planned
+    training length, for trials that have not recorded theirs)."""
     options = dict(options)
+    if options.pop("schedule_aware", False):
+        from optsearch.search.pruning import ScheduleAwarePruner
+
+        return ScheduleAwarePruner(make(kind, name, options, conditional, key), epochs)
     if name == "tpe":
         group = conditional if options["group"] == "auto" else options["group"]
         options["group"] = bool(group and options["multivariate"])  # Optuna's group needs multivariate

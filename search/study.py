@@ -128,15 +128,16 @@ def make_sampler(cfg: SamplerConfig, conditional: bool = False, offset: int = 0)
     return samplers.make("sampler", cfg.name, options, conditional)
 
 
-def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    return samplers.make("pruner", cfg.name, cfg.options)
+def make_pruner(cfg: PrunerConfig, epochs: int | None = None) -> optuna.pruners.BasePruner:
+    return samplers.make("pruner", cfg.name, cfg.options, epochs=epochs)
 
 
-def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, conditional: bool = False) -> optuna.Study:
+def open_study(cfg: StudyConfig, storage: optuna.storages.BaseStorage, conditional: bool = False,
+               epochs: int | None = None) -> optuna.Study:
     """The stored study (``prepare`` created it), with this run's sampler and pruner."""
     offset = len(storage.get_all_trials(storage.get_study_id_from_name(cfg.name), deepcopy=False))
-    return optuna.load_study(study_name=cfg.name, storage=storage,
-                             sampler=make_sampler(cfg.sampler, conditional, offset), pruner=make_pruner(cfg.pruner))
+    return optuna.load_study(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg.sampler, conditional, offset),
+                             pruner=make_pruner(cfg.pruner, epochs))
 
 
 # --- ownership ------------------------------------------------------------------------------

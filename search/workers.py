@@ -143,7 +143,7 @@ def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) 
         job: Job = message[1]
 
         def reporter(step: int, metrics: dict) -> Answer:
-            conn.send(("report", step, metrics))
+            conn.send(("report", step, metrics, None if ctx.built is None else vars(ctx.built)))
             return conn.recv()
 
         ctx = TrialContext(job.number, job.seed, options=trainer[2], reporter=reporter)
@@ -280,7 +280,7 @@ class TrialWorker:
                 code = self._drop()
                 return Outcome.failed(Failure.CRASH, f"the trainer's process died: {describe_exit(code)}"), None
             if message[0] == "report":
-                child.conn.send(ray.get(coordinator.report.remote(job.number, message[1], message[2])))
+                child.conn.send(ray.get(coordinator.report.remote(job.number, *message[1:])))
             elif message[0] == "outcome":
                 return message[1], message[2]
 

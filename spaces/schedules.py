@@ -276,3 +276,31 @@ SCHEDULES: dict[str, Component] = {
         budget=_warmup_budget,
     ),
 }
+
+
+# ---- where a trial may be judged ---------------------------------------------------------
+
+
+def judgeable_epochs(schedule: dict, epochs: int) -> list[int]:
+    """The epoch reports at which a trial on this (resolved) schedule may be compared with
+    others: never during a warmup (``epoch > warmup_epochs``); SGDR only at the end of each
+    cycle (the last report at or before the cycle's end, where the lr is near its bottom;
+    never right after a restart, where it is at its peak) and at the run's end; one-cycle
+    only once its annealing phase has begun (``epoch >= pct_start * epochs``). Accuracy dips
+    at warm restarts and under one-cycle's high lr, and rankings flip during the final
+    decay (Wen et al. 2025): comparing trials elsewhere prunes good ones.
+    """
+    name = schedule["name"]
+    if name == "sgdr":
+        ends, at, length = set(), 0.0, float(schedule["T_0"])
+        while at + length < epochs:
+            at += length
+            if math.floor(at + 1e-9) >= 1:
+                ends.add(math.floor(at + 1e-9))
+            length *= schedule["T_mult"]
+        return sorted(ends | {epochs})
+    if name == "onecycle":
+        first = math.ceil(schedule["pct_start"] * epochs - 1e-9)
+        return list(range(max(1, first), epochs + 1))
+    warmup = schedule.get("warmup_epochs") or 0
+    return [e for e in range(1, epochs + 1) if e > warmup]
