@@ -1,11 +1,14 @@
 """Scale: coordinator latency and memory over a study of thousands of trials.
 
-A driver plays the workers: for each trial it calls the coordinator actor's ask, five
-reports and finish (no sleeping: the trial's own time does not matter here) and times
-ask-to-finish from the worker's side. Prints median and p99 over the first and the last
-200 trials, and the coordinator process's peak memory.
+A driver plays the workers: for each trial it asks the coordinator actor for a job, makes
+five reports and finishes it (no training: the trial's own time does not matter here)
+and times ask-to-finish from the worker's side. ``--think`` seconds pass between a trial's
+finish and the next ask, as a worker's next trial would take: sample-ahead (the default)
+samples then, so the ask is a dequeue; with ``--no-sample-ahead`` every ask samples.
+Prints median and p99 over the first and the last 200 trials, and the coordinator
+process's peak memory.
 
-    python -m bench.scale [--trials 5000] [--sampler tpe]
+    python -m bench.scale [--trials 5000] [--sampler tpe] [--think 0.05] [--no-sample-ahead]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import tempfile
 import time
 
 import ray
+from optuna.trial import TrialState
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -28,51 +32,64 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5000)
     ap.add_argument("--sampler", default="tpe")
     ap.add_argument("--window", type=int, default=200)
+    ap.add_argument("--think", type=float, default=0.05, help="seconds between a finish and the next ask")
+    ap.add_argument("--no-sample-ahead", dest="ahead", action="store_false")
+    ap.add_argument("--mlflow", action="store_true", help="track in MLflow too")
     args = ap.parse_args()
     from optsearch.search import config
+    from optsearch.search import study as studies
     from optsearch.search.coordinator import Coordinator
+    from optsearch.search.protocol import Outcome
 
     tmp = tempfile.mkdtemp(prefix="optsearch-scale-")
     doc = {
         "study": {"name": "scale", "n_trials": args.trials, "storage": f"sqlite:///{tmp}/s.db",
-                  "sampler": {"name": args.sampler, "seed": 0}, "pruner": {"name": "median"}},
+                  "sampler": {"name": args.sampler, "seed": 0}, "pruner": {"name": "median"},
+                  "sample_ahead": args.ahead},
         "trainer": {"name": "digits"},
         "space": {"optimizer": {"adamw": {"lr": {"low": 1e-5, "high": 1.0, "log": True},
                                           "weight_decay": {"low": 1e-4, "high": 1.0, "log": True}}}},
-        "tracking": {"uri": f"sqlite:///{tmp}/m.db", "enabled": True},
+        "tracking": {"uri": f"sqlite:///{tmp}/m.db", "enabled": args.mlflow},
     }
     cfg = config.validate(doc, "scale.yaml")
+    prepared = studies.prepare(cfg)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    coord = ray.remote(Coordinator).options(num_cpus=0).remote(cfg)
+    coord = ray.remote(Coordinator).options(num_cpus=0).remote(cfg, prepared.owner, None, None, None, 1)
+
     ray.get(coord.progress.remote())
     latencies: list[float] = []
     t_all = time.perf_counter()
     for i in range(args.trials):
         t0 = time.perf_counter()
         job = ray.get(coord.ask.remote(0))
-        lr = job["params"]["optimizer"]["lr"]
-        state = "complete"
+        lr = job.params["optimizer"]["lr"]
+        state = TrialState.COMPLETE
         for step in range(1, 6):
-            if ray.get(coord.report.remote(job["number"], step, {"val_acc": min(1.0, lr * step)})):
-                state = "pruned"
+            if ray.get(coord.report.remote(job.number, step, {"val_acc": min(1.0, lr * step)})).prune:
+                state = TrialState.PRUNED
                 break
-        ray.get(coord.finish.remote(job["number"], state, {"val_acc": min(1.0, lr * 5)}, None, None))
+        ray.get(coord.finish.remote(job.number, Outcome(state, {"val_acc": min(1.0, lr * 5)})))
         latencies.append(time.perf_counter() - t0)
+        if args.think:
+            time.sleep(args.think)
         if (i + 1) % 1000 == 0:
             print(f"  {i + 1} trials, last-window median {statistics.median(latencies[-args.window:]) * 1000:.1f} ms",
                   flush=True)
     wall = time.perf_counter() - t_all
-    progress = ray.get(coord.progress.remote())
+    rss = ray.get(coord.peak_rss_mb.remote())
     t0 = time.perf_counter()
     ray.get(coord.close.remote())
     close = time.perf_counter() - t0
     ray.shutdown()
+    studies.release_claim(cfg.study, prepared.owner)
     first, last = latencies[:args.window], latencies[-args.window:]
-    print(f"{args.trials} trials ({args.sampler} sampler, median pruner, 5 reports each, MLflow on), {wall:.0f} s")
+    ahead = "sample-ahead" if args.ahead else "no sample-ahead"
+    print(f"{args.trials} trials ({args.sampler}, {ahead}, think {args.think * 1000:.0f} ms, median pruner, "
+          f"5 reports each, MLflow {'on' if args.mlflow else 'off'}), {wall:.0f} s")
     print(f"{'window':12} {'median ms':>10} {'p99 ms':>8}")
     print(f"{'first ' + str(args.window):12} {statistics.median(first) * 1000:10.1f} {pct(first, 0.99) * 1000:8.1f}")
     print(f"{'last ' + str(args.window):12} {statistics.median(last) * 1000:10.1f} {pct(last, 0.99) * 1000:8.1f}")
-    print(f"coordinator peak RSS: {progress['peak_rss_mb']:.0f} MB; close (flush to SQLite, MLflow) {close:.1f} s")
+    print(f"coordinator peak RSS: {rss:.0f} MB; close (flush to SQLite) {close:.1f} s")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class StudyConfig:
     nan: str = "fail"  # a non-finite reported metric: fail the trial, or prune it
     max_retries: int = 2  # re-runs of params whose trial a crash or a lost worker cut short
     trial_timeout: float | None = None  # seconds; a trial running longer fails
+    sample_ahead: bool = True  # sample the next trials while the workers train
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
         "nan": ("fail", Options("fail", "prune")),
         "max_retries": (2, at_least(0)),
         "trial_timeout": (None, Nullable(POSITIVE)),
+        "sample_ahead": (True, BOOLEAN),
     }, ignore=("sampler", "pruner"))
     sampler = SamplerConfig(*samplers.parse("study.sampler", raw_study.get("sampler"), "sampler", "tpe"))
     pruner = PrunerConfig(*samplers.parse("study.pruner", raw_study.get("pruner"), "pruner", "median"))

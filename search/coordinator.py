@@ -70,11 +70,68 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+class SampleAhead:
+    """Samples the next trials while the workers train, so the ask a worker sees is a dequeue.
+
+    A thread of its own keeps up to ``depth`` trials sampled ahead: each is created WAITING
+    (Optuna's own queue, which ``study.ask()`` pops first) and its params are suggested
+    there, by the study's sampler, with whatever has finished by then; TPE's constant liar
+    counts the RUNNING trials. A popped trial becomes RUNNING then, so its start time is when
+    it is handed out; its params are already stored and ``Space.sample`` only reads them
+    back. Trials sampled ahead but never handed out stay WAITING: the next run uses them.
+    One lock keeps ``ask`` from popping a trial while its params are being written.
+    """
+
+    def __init__(self, coordinator: "Coordinator", depth: int):
+        self.c = coordinator
+        self.depth = max(1, depth)
+        self.study_id = coordinator.storage.get_study_id_from_name(coordinator.cfg.study.name)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="optsearch-sample-ahead")
+        self._thread.start()
+
+    def ask(self) -> optuna.Trial:
+        with self._lock:
+            trial = self.c.study.ask()
+        self._wake.set()
+        return trial
+
+    def _waiting(self) -> int:
+        return len(self.c.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while not self._stop.is_set() and not self.c.stopping:
+                with self._lock:
+                    waiting = self._waiting()
+                    if waiting >= self.depth or self.c.counted + len(self.c.running) + waiting >= self.c.cfg.study.n_trials:
+                        break
+                    tid = self.c.storage.create_new_trial(self.study_id,
+                                                          optuna.trial.create_trial(state=TrialState.WAITING))
+                    # Optuna makes Trial objects in Study.ask(); building one here for a WAITING
+                    # trial is the only way to have its sampler suggest params before it runs.
+                    trial = optuna.trial.Trial(self.c.study, tid)
+                    try:
+                        self.c.cfg.space.sample(trial)
+                    except Exception:  # noqa: BLE001 - sampled again at ask, where it is recorded as rejected
+                        pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+
 class Coordinator:
     def __init__(self, cfg: Config, owner: studies.Owner, writer: Any = None, run_name: str | None = None,
-                 started: float | None = None):
+                 started: float | None = None, ahead: int = 1):
         """``owner``: the driver's claim (``study.prepare``); ``writer``: an MLflow writer
-        actor started beside this one (``run.py``)."""
+        actor started beside this one (``run.py``); ``ahead``: how many trials to sample
+        ahead of the workers (``study.sample_ahead``; one per worker)."""
         quiet_libraries()
         studies.exit_with(owner)
         self.cfg = cfg
@@ -92,6 +149,7 @@ class Coordinator:
         best = _best(self.study)
         self.best = None if best is None else best.value
         self.heartbeat = Heartbeat(self.storage, cfg.study.name, owner)
+        self.sampler = SampleAhead(self, ahead) if cfg.study.sample_ahead else None
         self.tracker = None
         if cfg.tracking.enabled and self.counted_before < cfg.study.n_trials:  # nothing to run: no parent run
             from optsearch.search.tracking import Tracker
@@ -117,7 +175,7 @@ class Coordinator:
         """The next trial's job, or None when the budget is spent or the study is stopping.
         Queued trials (retries) come before new points."""
         while not self.stopping and self.counted + len(self.running) < self.cfg.study.n_trials:
-            trial = self.study.ask()
+            trial = self.sampler.ask() if self.sampler else self.study.ask()
             attempt = trial.user_attrs.get(studies.ATTEMPT, 0)
             running = Running(trial, slot, {}, attempt, time.time())
             try:
@@ -255,6 +313,14 @@ class Coordinator:
                         pruned=self.tally["pruned"], failed=self.tally["failed"], retried=self.tally["retried"],
                         running=len(self.running), best=self.best, stopping=self.stopping)
 
+    def peak_rss_mb(self) -> float:
+        """This process's peak resident memory (benchmarks)."""
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
     def close(self, interrupted: bool = False) -> dict:
         """Fail what is still running (queued again), persist, close MLflow; the summary."""
         for run in list(self.running.values()):
@@ -274,6 +340,8 @@ class Coordinator:
             "errors": [],
         }
         self.heartbeat.stop()
+        if self.sampler:
+            self.sampler.stop()
         try:
             self.storage.close()  # every write is in the persistent store before we return
             self.storage.backend.engine.dispose()  # no connection outlives the run (WAL files settle)

@@ -129,7 +129,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
 
         writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
-        cfg, prepared.owner, writer, None, prepared.owner.beat)  # the parent run starts with the invocation
+        cfg, prepared.owner, writer, None, prepared.owner.beat, n)  # the parent run starts with the invocation
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus,
                                             scheduling_strategy="SPREAD")  # over the cluster's nodes
     # On a local Ray, workers import a target trainer from the driver's folder; on a cluster

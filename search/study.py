@@ -268,6 +268,13 @@ def check_space(storage: optuna.storages.BaseStorage, cfg: Config, allow_change:
                               + ("" if kinds else " or pass --allow-space-change to continue"))
     if before != now:
         storage.set_study_system_attr(sid, SPACE, now)
+    if before is not None and before != now:  # points queued for the old space are not run
+        for t in storage.get_all_trials(sid, deepcopy=False, states=(TrialState.WAITING,)):
+            tid = storage.get_trial_id_from_study_id_trial_number(sid, t.number)
+            storage.set_trial_user_attr(tid, "error", "queued for the study's previous search space; not run")
+            storage.set_trial_user_attr(tid, RETRIED, True)  # does not count
+            storage.set_trial_state_values(tid, TrialState.RUNNING)
+            storage.set_trial_state_values(tid, TrialState.FAIL)
 
 
 def _clash(a: str, b: str) -> bool:

@@ -72,3 +72,22 @@ def test_config_turns_it_on_for_any_pruner():
     assert isinstance(plain, optuna.pruners.HyperbandPruner)
     with pytest.raises(ConfigError, match="schedule_aware"):
         samplers.parse("study.pruner", {"name": "median", "schedule_aware": "yes"}, "pruner", "median")
+
+
+def test_sample_ahead_spends_exactly_the_budget_and_samples_each_trial_once(ray_cluster, tmp_path):
+    from optuna.trial import TrialState
+
+    from optsearch.search import config
+    from optsearch.search.run import run_study
+    from tests.conftest import digits_config
+
+    doc = digits_config(tmp_path, n_trials=8, sampler={"name": "tpe", "seed": 0, "n_startup_trials": 3})
+    doc["trainer"]["epochs"] = 2
+    doc["study"]["sample_ahead"] = True
+    run_study(config.validate(doc, str(tmp_path / "c.yaml"), tmp_path))
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db").trials
+    assert len(trials) == 8 and sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 8
+    assert len({t.number for t in trials}) == 8 and not [t for t in trials if t.state == TrialState.WAITING]
+    for t in trials:  # what ran is what was sampled, once: the stored param and the resolved one agree
+        assert t.params["adamw.lr"] == t.user_attrs["params"]["optimizer"]["lr"]
+    assert len({t.params["adamw.lr"] for t in trials}) == 8
