@@ -57,7 +57,8 @@ def init_ray(address: str | None = None, ship: bool = False) -> bool:
     if ray.is_initialized():
         return False
     cluster.join_check(address)
-    runtime_env = {"working_dir": os.getcwd(), "excludes": cluster.SHIP_EXCLUDES} if ship and address else None
+    remote = address not in (None, "", "local")  # "local": a new local Ray, as with no address
+    runtime_env = {"working_dir": os.getcwd(), "excludes": cluster.SHIP_EXCLUDES} if ship and remote else None
     try:
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", runtime_env=runtime_env)
     except (ConnectionError, ValueError, RuntimeError) as err:

@@ -101,6 +101,34 @@ def creation_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def discard_unfinished(url: str, content: tuple[str, ...]) -> bool:
+    """Delete an SQLite store whose creation a killed process cut short, if it holds nothing.
+
+    Optuna and MLflow create their schema (and stamp its alembic version) on first open; a
+    process killed meanwhile leaves a file the next open refuses ("table _alembic_tmp_...
+    already exists", a missing version). Such a file is unfinished when its
+    ``alembic_version`` table is missing or an ``_alembic_tmp_*`` table remains, and it
+    holds nothing when every ``content`` table is empty or absent. Call under
+    ``creation_lock``. Returns whether it was deleted."""
+    import sqlite3
+
+    path = urls.sqlite_path(url)
+    if path is None or not path.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+            tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
+            unfinished = "alembic_version" not in tables or any(t.startswith("_alembic_tmp") for t in tables)
+            empty = all(conn.execute(f'select count(*) from "{t}"').fetchone()[0] == 0 for t in content if t in tables)
+    except sqlite3.DatabaseError:
+        return False  # not ours to judge: the open that follows says what is wrong
+    if not (unfinished and empty):
+        return False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return True
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """The Optuna storage behind an SQLAlchemy URL (the only kind a config accepts),
     created under ``creation_lock``. A server that does not answer fails within ~10 s."""
@@ -112,6 +140,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     elif urls.parse(url) is not None and urls.parse(url).get_backend_name() in ("postgresql", "mysql"):
         engine_kwargs = {"connect_args": {"connect_timeout": 10}}
     with creation_lock(url):
+        discard_unfinished(url, ("studies", "trials"))
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 

@@ -94,9 +94,10 @@ class MlflowWriter:
             fast_sqlite()  # this process is the tracking store's only writer
         self.uri = uri
         self.experiment = experiment
-        from optsearch.search.study import creation_lock
+        from optsearch.search.study import creation_lock, discard_unfinished
 
         with creation_lock(uri):  # a fresh local store creates and migrates its schema here
+            discard_unfinished(uri, ("runs",))  # one a killed run left half made
             self.client = MlflowClient(tracking_uri=uri)
             if urls.is_sqlite(uri):
                 self.client.search_experiments(max_results=1)

@@ -107,3 +107,33 @@ def test_a_pickled_mirror_keeps_ids_and_writes_to_the_same_file(tmp_path):
     copy.close()
     persisted = optuna.load_study(study_name="m", storage=url).trials
     assert persisted[running.number].state == TrialState.COMPLETE and persisted[running.number].value == 1.0
+
+
+def test_a_store_whose_creation_was_cut_short_is_made_again(tmp_path):
+    """A process killed while MLflow or Optuna created its SQLite schema leaves a file the
+    next open refuses; holding nothing, it is discarded and made again."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from optsearch.search.study import discard_unfinished
+    from optsearch.search.tracking import MlflowWriter
+
+    url = f"sqlite:///{tmp_path}/mlflow.db"
+    # a real store, made by another process (as a killed run's writer did), then as a killed
+    # migration leaves it
+    subprocess.run([sys.executable, "-c", f"from mlflow import MlflowClient; MlflowClient({url!r}).search_experiments()"],
+                   check=True, capture_output=True)
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+        conn.execute("drop table alembic_version")
+        conn.execute("create table _alembic_tmp_latest_metrics (x integer)")
+    writer = MlflowWriter(url, "e")
+    writer.open("parent", {"optsearch.study": "e", "optsearch.storage": f"sqlite:///{tmp_path}/o.db"}, None)
+    assert writer.parent_id is not None and not writer.errors
+    assert not discard_unfinished(url, ("runs",))  # a finished store with a run is never touched
+    optuna_url = f"sqlite:///{tmp_path}/o.db"
+    with sqlite3.connect(tmp_path / "o.db") as conn:  # Optuna's tables half made, no alembic stamp
+        conn.execute("create table studies (study_id integer)")
+    storage = make_storage(optuna_url)
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="s", storage=optuna_url).trials) == 2
