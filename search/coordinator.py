@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -34,6 +34,7 @@ class Running:
     attempt: int
     started: float  # time.time()
     last_step: int | None = None  # the last step (epoch) it reported
+    reported: set = field(default_factory=set)  # the names of the metrics it reported
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -204,6 +205,7 @@ class Coordinator:
         if build is not None and run.last_step is None:
             run.trial.set_user_attr("build", build)
         run.last_step = step
+        run.reported.update(metrics)
         if self.tracker:
             self.tracker.trial_metrics(number, step, metrics)
         value = metrics.get(self.metric)
@@ -300,11 +302,13 @@ class Coordinator:
             self.tracker.trial_finished({
                 "number": trial.number, "state": state, "value": value, "tags": tags,
                 "name": _run_name(trial.number, run.params) + suffix,
-                "metrics": {**outcome.metrics, "wall_time_s": ended - run.started,
+                # final metrics that the epochs did not report already (test_acc), the trial's own time
+                "metrics": {**{k: v for k, v in outcome.metrics.items() if k not in run.reported},
+                            "wall_time_s": ended - run.started,
                             **({"peak_gpu_mb": outcome.resources["peak_gpu_mb"]}
                                if "peak_gpu_mb" in outcome.resources else {})},
                 "params": run.params, "build": outcome.build, "ended": ended,
-                "epochs_run": None if state == TrialState.COMPLETE else epochs,
+                "epochs_run": None if state == TrialState.COMPLETE else epochs, "last_step": epochs,
             })
 
     # --- views ---------------------------------------------------------------------------

@@ -116,7 +116,9 @@ def discard_unfinished(url: str, content: tuple[str, ...]) -> bool:
     if path is None or not path.exists():
         return False
     try:
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        # read-only: a read-write connection's close would checkpoint and delete the WAL
+        # files under the open connections of other processes
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
             tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
             unfinished = "alembic_version" not in tables or any(t.startswith("_alembic_tmp") for t in tables)
             empty = all(conn.execute(f'select count(*) from "{t}"').fetchone()[0] == 0 for t in content if t in tables)

@@ -303,7 +303,7 @@ class MlflowWriter:
         from mlflow.entities import Metric
 
         now = _ms(r["ended"])
-        last = r["epochs_run"] or 0
+        last = r.get("last_step") or 0
         metrics = [Metric(k, float(v), now, last) for k, v in r["metrics"].items()]
         if r["value"] is not None:
             metrics.append(Metric("value", float(r["value"]), now, 0))

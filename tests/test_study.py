@@ -59,10 +59,11 @@ def test_study_end_to_end_and_resume(ray_cluster, tmp_path):
         assert run.data.tags["optsearch.state"] == t.state.name.lower().replace("fail", "failed")
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in history] == sorted(t.intermediate_values)  # per-epoch, with step
-        assert run.data.params["optimizer.lr"] == str(t.user_attrs["params"]["optimizer"]["lr"])
+        assert float(run.data.params["optimizer.lr"]) == pytest.approx(t.user_attrs["params"]["optimizer"]["lr"], rel=1e-5)
     parent = parents[0]
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
-    assert parent.data.params["best.optimizer.lr"] == str(study.best_trial.user_attrs["params"]["optimizer"]["lr"])
+    assert float(parent.data.params["best.optimizer.lr"]) == pytest.approx(
+        study.best_trial.user_attrs["params"]["optimizer"]["lr"], rel=1e-5)
     artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "best_params.yaml", "best_schedule.png"} <= artifacts
 
@@ -284,8 +285,9 @@ def test_bad_trainer_input_stops_the_study_with_exit_2(ray_cluster, tmp_path, mo
     err = capsys.readouterr().err
     assert "quickstart.yaml: trainer.root = '/no/such/data': no CIFAR-10 here" in err
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/optsearch.db")
-    assert 1 <= len(study.trials) <= 2  # the budget is not burnt on the same error
-    assert all(t.state == TrialState.FAIL for t in study.trials)
+    ran = [t for t in study.trials if t.state != TrialState.WAITING]  # (one more may be sampled ahead, queued)
+    assert 1 <= len(ran) <= 2 and len(study.trials) - len(ran) <= 1  # the budget is not burnt on the same error
+    assert all(t.state == TrialState.FAIL for t in ran)
 
 
 def test_one_process_at_a_time_runs_a_study(ray_cluster, tmp_path, monkeypatch, capsys):
