@@ -132,6 +132,19 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
         cfg, prepared.owner, writer)
+    intro = (f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
+             f"running {left} more on {n} {placement.kind} worker(s)")
+    summary, interrupted = work(cfg, coord, placement, n, left, console, poll, intro)
+    summary["interrupted"] = interrupted
+    summary["workers"] = {"count": n, "kind": placement.kind}
+    return summary
+
+
+def work(cfg: Config, coord, placement: Placement, n: int, left: int, console: Console, poll: float,
+         intro: str, label: str = "trials") -> tuple[dict, bool]:
+    """Start ``n`` workers on ``coord`` (a coordinator actor: ``Coordinator``, or one serving
+    several studies), drive them until it has no more trials, then close it. Returns
+    ``(coord.close()'s summary, interrupted)``; raises a trainer's bad-input ``ConfigError``."""
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus)
 
     def spawn():  # workers import and load their trainer while the coordinator opens the study
@@ -143,9 +156,8 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
     fatal: ConfigError | None = None
     summary: dict = {}
     try:
-        console.print(f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
-                      f"running {left} more on {n} {placement.kind} worker(s)")
-        fatal = _drive(coord, slots, spawn, console, poll, left)
+        console.print(intro)
+        fatal = _drive(coord, slots, spawn, console, poll, left, label)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at the "
@@ -163,9 +175,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         ray.kill(coord)
     if fatal is not None:
         raise fatal
-    summary["interrupted"] = interrupted
-    summary["workers"] = {"count": n, "kind": placement.kind}
-    return summary
+    return summary, interrupted
 
 
 def _death(err: Exception) -> str:
@@ -179,13 +189,14 @@ def _death(err: Exception) -> str:
     return f"its actor (pid {pid}) died" + (f": {detail}" if detail else " (killed, or its node was lost)")
 
 
-def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int) -> ConfigError | None:
+def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
+           label: str = "trials") -> ConfigError | None:
     """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
     trainer's bad-input error (the study stops)."""
     pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
     deaths_in_row: Counter = Counter()
     fatal = None
-    columns = (TextColumn("[bold]trials"), BarColumn(bar_width=None), MofNCompleteColumn(),
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(bar_width=None), MofNCompleteColumn(),
                TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, expand=True) as bar:
         task = bar.add_task("", total=left)
