@@ -45,43 +45,53 @@ def draw_all(an: dict, folder: Path) -> dict[str, bool]:
 
 def expected_max(an: dict):
     """E[max_k] (unbiased) per arm against k, each with its 95% bootstrap band; k only up to
-    the arm's finished trials."""
+    the arm's finished trials. Left: every k; right (when the arms have 8 trials or more): k
+    from 4 on, zoomed in where the arms are told apart, with one validation example to scale."""
     arms = [r for r in an["arms"] if r["curve"]]
     if not arms:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for r, color in zip(arms, _colors(len(arms))):
-        ks = [c["k"] for c in r["curve"]]
-        ax.fill_between(ks, [c["low"] for c in r["curve"]], [c["high"] for c in r["curve"]], color=color,
-                        alpha=0.12, linewidth=0)
-        ax.plot(ks, [c["unbiased"] for c in r["curve"]], color=color, label=f"{r['name']} (n={r['n']})", lw=1.8)
     n = max(r["n"] for r in arms)
-    ax.set_xscale("log", base=2)
-    ticks = [2 ** i for i in range(int(math.log2(n)) + 1)]
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlim(1, n)
-    # Every curve whole; the bands on the worse side from k = 2 on only: k = 1's band, around
-    # the mean, can reach far and would flatten the rest (it is in the table).
-    ends = [c["unbiased"] for r in arms for c in r["curve"]]
-    later = [c for r in arms for c in r["curve"] if c["k"] >= 2 or r["n"] == 1]
-    if an["maximize"]:
-        lo = min(ends + [c["low"] for c in later])
-        hi = max(ends + [c["high"] for r in arms for c in r["curve"]])
-    else:
-        lo = min(ends + [c["low"] for r in arms for c in r["curve"]])
-        hi = max(ends + [c["high"] for c in later])
-    pad = 0.05 * (hi - lo or abs(hi) or 1.0)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("k: trials of the search")
-    ax.set_ylabel(f"expected best {an['metric']}")
-    ax.set_title(f"Expected best {an['metric']} after k trials (unbiased; {an['level']:.0%} bootstrap bands)",
-                 fontsize=10)
-    if an.get("resolution"):
-        ax.text(0.99, 0.02, f"one validation example = {an['resolution']:.4f}", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=8, color="0.35")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    k0 = 4
+    zoom = n >= 2 * k0
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(11, 4.2) if zoom else (7.5, 4.2), squeeze=False)
+    colors = _colors(len(arms))
+    for ax, first in zip(axes[0], (1, k0)):
+        curves = [(r, [c for c in r["curve"] if c["k"] >= first], color) for r, color in zip(arms, colors)]
+        curves = [(r, cs, color) for r, cs, color in curves if cs]
+        for r, cs, color in curves:
+            ks = [c["k"] for c in cs]
+            ax.fill_between(ks, [c["low"] for c in cs], [c["high"] for c in cs], color=color, alpha=0.08, linewidth=0)
+            ax.plot(ks, [c["unbiased"] for c in cs], color=color, label=f"{r['name']} (n={r['n']})", lw=1.8)
+        ax.set_xscale("log", base=2)
+        ticks = [2 ** i for i in range(int(math.log2(first)), int(math.log2(n)) + 1)]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlim(first, n)
+        # Every curve whole; on the worse side the bands from k = 2 on only (k = 1's band, around
+        # the mean, reaches far and would flatten the rest: it is in the table).
+        ends = [c["unbiased"] for _, cs, _ in curves for c in cs]
+        later = [c for r, cs, _ in curves for c in cs if c["k"] >= 2 or r["n"] == 1]
+        every = [c for _, cs, _ in curves for c in cs]
+        worse, better = ("low", "high") if an["maximize"] else ("high", "low")
+        span = ends + [c[worse] for c in later] + [c[better] for c in every]
+        lo, hi = min(span), max(span)
+        pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlabel("k: trials of the search")
+        ax.grid(alpha=0.3)
+        res = an.get("resolution")
+        if first > 1 and res and res < (hi - lo) / 2:  # one validation example, to scale
+            x = n / 1.15
+            y0 = lo + pad
+            ax.plot([x, x], [y0, y0 + res], color="black", lw=2.5, solid_capstyle="butt")
+            ax.text(x / 1.04, y0 + res / 2, "one validation\nexample", ha="right", va="center", fontsize=7)
+    axes[0][0].set_ylabel(f"expected best {an['metric']}")
+    axes[0][0].set_title("every k", fontsize=9)
+    if zoom:
+        axes[0][1].set_title(f"k >= {k0}, zoomed in", fontsize=9)
+    fig.suptitle(f"Expected best {an['metric']} after k trials (unbiased estimator, {an['level']:.0%} bootstrap "
+                 "bands)", fontsize=10)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -111,6 +121,8 @@ def pairwise(an: dict):
     ax.set_xticks(range(size), names, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(size), names, fontsize=8)
     ax.set_title(f"P(best of {k} trials of row beats column)", fontsize=10)
+    ax.set_ylabel("row: this arm's search")
+    ax.set_xlabel("column: the other arm's search")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return fig
@@ -194,12 +206,16 @@ def schedules(an: dict):
         if mom:
             ax2.plot([s / total for s, _ in mom], [v for _, v in mom], **style)
     ax1.set_yscale("log")
+    peaks = [max(v for _, v in r["schedule"]["lr_step"]) for r, _ in arms]
+    peaks = [p for p in peaks if p > 0]
+    if peaks:  # three decades under the lowest peak: an annealed tail to 1e-8 would flatten the rest
+        ax1.set_ylim(min(peaks) / 1e3, max(peaks) * 2)
     ax1.set_xlabel("fraction of training")
     ax1.set_ylabel("lr")
     ax1.set_title("lr per step (each arm's winner)", fontsize=10)
     ax2.set_xlabel("fraction of training")
     ax2.set_ylabel("momentum / beta1")
-    ax2.set_title("momentum (SGD) or beta1 (Adam family)", fontsize=10)
+    ax2.set_title("momentum (SGD, Muon) or beta1 (Adam family)", fontsize=10)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
