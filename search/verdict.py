@@ -252,6 +252,7 @@ def analyse(arms: list[ArmData], *, metric: str = "val_acc", test_metric: str | 
         for other in ready:
             if other is not leader:
                 verdicts.append(_verdict(leader, other, arms, ks, maximize, res_verdict, min_effect, vmetric, n_boot))
+    adjusted = holm([v.p_value for v in verdicts])
     family = _family_verdict(ready, arms, ks, maximize, res_verdict, min_effect, vmetric, n_boot)
     ranked = sorted((r for r in rows if r["best"] is not None), key=lambda r: -sign * r["best"])
     gap = None
@@ -266,9 +267,23 @@ def analyse(arms: list[ArmData], *, metric: str = "val_acc", test_metric: str | 
         "resolution": res_val, "verdict_resolution": res_verdict, "min_effect": min_effect,
         "arms": rows, "pairwise": pairwise, "differences": differences,
         "leader": leader["name"] if leader else None, "verdicts": verdicts, "family": family, "search_gap": gap,
+        "holm": {v.b_name: p for v, p in zip(verdicts, adjusted)},
     }
     analysis["paragraph"] = paragraph(analysis)
     return analysis
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of several p-values (Holm 1979): sorted ascending, the i-th
+    of m is multiplied by m - i + 1, kept monotone and capped at 1. A comparison whose
+    adjusted p is under 1 - level still holds when all m are read together. NaN stays NaN."""
+    order = sorted((i for i, p in enumerate(p_values) if p == p), key=lambda i: p_values[i])
+    m, running = len(order), 0.0
+    out = [math.nan] * len(p_values)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
 
 
 def _values(arms: list[ArmData], name: str) -> list[float]:
@@ -369,6 +384,17 @@ def paragraph(an: dict) -> str:
     if groups["B better"]:
         parts.append(f"on the seeds both ran, {_join(groups['B better'])} did better")
     text += " " + "; ".join(parts) + "."
+    better = [v.b_name for v in an["verdicts"] if v.label == "A better"]
+    if len(an["verdicts"]) > 1 and better:
+        hold = [b for b in better if an["holm"][b] < 1 - an["level"]]
+        m = len(an["verdicts"])
+        text += (f" Read together, these are {m} comparisons: corrected for that (Holm), "
+                 + (f"the call{'s' if len(hold) > 1 else ''} against {_join(hold)} still hold{'' if len(hold) > 1 else 's'}"
+                    if hold else "none of the 'better' calls holds")
+                 + (f" and {'those' if len(better) - len(hold) > 1 else 'the one'} against "
+                    f"{_join([b for b in better if b not in hold])} no longer {'do' if len(better) - len(hold) > 1 else 'does'}"
+                    if hold and len(hold) < len(better) else "")
+                 + ".")
     if margin:
         text += (f" A gap under one {split} example ({fmt(margin)}, 1/{an['verdict_size']})"
                  + (f" or under min_effect {fmt(an['min_effect'])}" if an["min_effect"] > margin else "")
@@ -631,7 +657,10 @@ def markdown(an: dict, figures: dict[str, bool] | None = None) -> str:
 
     out += ["## The verdict, arm by arm", ""]
     for v in an["verdicts"]:
-        out += [f"- **{v.a_name} vs {v.b_name}: {v.label}.** {stats.render_verdict(v)}", ""]
+        corrected = (f" Holm-adjusted p over the {len(an['verdicts'])} comparisons with {v.a_name}: "
+                     f"{_p(an['holm'][v.b_name]).replace('p = ', '').replace('p < ', '< ')}."
+                     if len(an["verdicts"]) > 1 and not math.isnan(an["holm"][v.b_name]) else "")
+        out += [f"- **{v.a_name} vs {v.b_name}: {v.label}.** {stats.render_verdict(v)}{corrected}", ""]
     family = an["family"]
     if family is not None and an["leader"] not in (family["adam"], family["sgd"]):
         v = family["verdict"]

@@ -164,3 +164,19 @@ def test_report_files_are_small_pngs_linked_from_the_markdown(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 150_000
     assert "1-beta1 0.30" in text  # importance names: the variant prefix dropped, 1 - x said
     assert (tmp_path / "rep" / "verdict.json").is_file()
+
+
+def test_holm_adjusts_for_the_number_of_comparisons():
+    from optsearch.search.verdict import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    nan = holm([float("nan"), 0.02])
+    assert np.isnan(nan[0]) and nan[1] == pytest.approx(0.02)  # one real comparison: unchanged
+    rng = np.random.default_rng(8)
+    effect = seed_effects(rng)
+    an = run([synthetic_arm("A", 0.96, rng, seed_effect=effect), synthetic_arm("B", 0.90, rng, seed_effect=effect),
+              synthetic_arm("C", 0.91, rng, seed_effect=effect)])
+    assert [v.label for v in an["verdicts"]] == ["A better", "A better"]
+    assert all(p < 0.05 for p in an["holm"].values())
+    assert "2 comparisons: corrected for that (Holm), the calls against B and C still hold." in an["paragraph"]
