@@ -19,7 +19,7 @@ from collections import Counter
 import ray
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from optsearch.errors import ConfigError
 from optsearch.search import study as studies
@@ -196,8 +196,10 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
     pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
     deaths_in_row: Counter = Counter()
     fatal = None
-    columns = (TextColumn(f"[bold]{label}"), BarColumn(bar_width=None), MofNCompleteColumn(),
-               TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(bar_width=None, table_column=Column(ratio=1)),
+               MofNCompleteColumn(table_column=Column(no_wrap=True)),  # in 80 columns the bar gives way, not the counts
+               TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+               TimeElapsedColumn())
     with Progress(*columns, console=console, expand=True) as bar:
         task = bar.add_task("", total=left)
         while pending:
