@@ -262,3 +262,55 @@ def test_claim_quick_from_a_fresh_directory(tmp_path):
     assert len([r for r in runs if r.data.tags.get("optsearch.role") == "study"]) == 16
     assert len([r for r in runs if "optsearch.trial_number" in r.data.tags]) == 8 * 3 + 8 * 2
     print(f"claim-quick (small) took {time.time() - t0:.0f} s")
+
+
+def test_a_rerun_retried_after_a_lost_worker_keeps_its_seed_and_is_not_queued_twice(tmp_path):
+    """In process, no Ray: the re-run phase's coordinator over one arm's queued re-runs."""
+    from optsearch.search import study as studies
+    from optsearch.search.experiment import ArmsCoordinator, queue_reruns, rerun_info
+    from optsearch.search.protocol import Outcome
+
+    doc = experiment_doc(tmp_path)
+    doc["trainer"] = {"name": "digits", "epochs": 1}
+    doc["tracking"]["enabled"] = False
+    exp = config.validate_experiment(doc, str(tmp_path / "x.yaml"), tmp_path)
+    arm = exp.arms["good"]
+    search = optuna.create_study(study_name=arm.study.name, storage=arm.study.storage, direction="maximize")
+    for lr, value in ((1e-2, 0.9), (1e-3, 0.8), (1e-1, 0.7)):
+        search.enqueue_trial({"adamw.lr": lr})
+        t = search.ask()
+        arm.space.sample(t)
+        search.tell(t, value)
+    from optsearch.search.experiment import top_configs
+
+    top = top_configs(search.get_trials(), 2, True)
+    assert [t.number for t in top] == [0, 1]
+    cfg = exp.rerun("good", 1)
+    prepared = studies.prepare(cfg)
+    target = queue_reruns(cfg, top, exp.verdict.seeds)
+    assert target == 2 * 3
+    cfg = exp.rerun("good", target)
+    coord = ArmsCoordinator({"good": cfg}, {"good": prepared.owner}, {}, {}, reruns=True)
+    job = coord.ask(0)
+    assert (job.study, job.seed) == ("good", exp.verdict.seeds[0])  # seed by seed: the first seed first
+    assert job.params["optimizer"]["lr"] == pytest.approx(1e-2)
+    lost = coord.worker_lost(0, "killed")
+    assert lost["trial"] == f"{job.number} of arm good"
+    jobs = [coord.ask(1) for _ in range(2 * 3)]  # the five other pairs, then the retry (queued last)
+    assert coord.ask(1) is None
+    again = jobs[-1]
+    assert again.number != job.number and again.seed == job.seed and again.params == job.params
+    assert sorted((j.params["optimizer"]["lr"], j.seed) for j in jobs) == sorted(
+        (lr, s) for lr in (1e-2, 1e-3) for s in exp.verdict.seeds)  # each pair once, with its seed
+    for j in jobs[:-1]:
+        coord.finish(j.number, Outcome(TrialState.COMPLETE, {"val_acc": 0.9}), "good")
+    coord.close(interrupted=True)  # the retry, asked and not finished, runs again next time
+    studies.release_claim(cfg.study, prepared.owner)
+    stored = trials(tmp_path, cfg.study.name)
+    by_number = {t.number: t for t in stored}
+    assert rerun_info(by_number[again.number], by_number) == {"of": 0, "seed": exp.verdict.seeds[0]}
+    # Queued again (a resume): nothing twice, the target still one trial per pair.
+    assert queue_reruns(cfg, top, exp.verdict.seeds) == 2 * 3
+    pairs = [(rerun_info(t, by_number)["of"], rerun_info(t, by_number)["seed"]) for t in trials(tmp_path, cfg.study.name)
+             if t.state != TrialState.FAIL]
+    assert len(pairs) == len(set(pairs)) == 6
