@@ -304,9 +304,10 @@ def run_experiment(exp: Experiment, workers: int | None = None, ray_address: str
         if tracked is None and base.tracking.enabled:
             from optsearch.search.tracking import ExperimentRun
 
-            tracked = ExperimentRun(base.tracking.uri, base.experiment, f"{exp.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                    {"optsearch.experiment": exp.name, "optsearch.role": "experiment",
-                                     "optsearch.storage": base.study.storage, "optsearch.config": exp.path},
+            name = f"{exp.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            tags = {"optsearch.experiment": exp.name, "optsearch.role": "experiment",
+                    "optsearch.storage": base.study.storage, "optsearch.config": exp.path}
+            tracked = ExperimentRun(base.tracking.uri, base.experiment, name, tags,
                                     yaml.safe_dump(exp.raw, sort_keys=False))
 
     def adopt(summaries: dict) -> None:

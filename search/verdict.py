@@ -177,6 +177,12 @@ def analyse(arms: list[ArmData], *, metric: str = "val_acc", test_metric: str | 
     ``stats.verdict`` (paired by seed, margin one evaluation example or ``min_effect``).
     """
     sign = 1.0 if maximize else -1.0
+    notes = []
+    if test_metric and any(runs["val"] for a in arms for runs in a.reruns.values()) and not any(
+            runs["test"] for a in arms for runs in a.reruns.values()):
+        notes.append(f"The trainer reported no {test_metric}, so the verdict is on {metric}, the metric the "
+                     f"winners were chosen on: expect it to flatter them a little.")
+        test_metric, test_size = None, None
     vmetric = test_metric or metric
     vsize = test_size if test_metric else val_size
     res_val = stats.resolution(val_size) if val_size else None
@@ -267,7 +273,7 @@ def analyse(arms: list[ArmData], *, metric: str = "val_acc", test_metric: str | 
         "resolution": res_val, "verdict_resolution": res_verdict, "min_effect": min_effect,
         "arms": rows, "pairwise": pairwise, "differences": differences,
         "leader": leader["name"] if leader else None, "verdicts": verdicts, "family": family, "search_gap": gap,
-        "holm": {v.b_name: p for v, p in zip(verdicts, adjusted)},
+        "holm": {v.b_name: p for v, p in zip(verdicts, adjusted)}, "notes": notes,
     }
     analysis["paragraph"] = paragraph(analysis)
     return analysis
@@ -422,6 +428,8 @@ def paragraph(an: dict) -> str:
                     else "") + ".")
     if seeds < 2:
         text += " With one seed per arm nothing is known about the noise: every comparison lacks evidence."
+    for note in an.get("notes") or []:
+        text += " " + note
     return text
 
 

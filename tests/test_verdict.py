@@ -180,3 +180,16 @@ def test_holm_adjusts_for_the_number_of_comparisons():
     assert [v.label for v in an["verdicts"]] == ["A better", "A better"]
     assert all(p < 0.05 for p in an["holm"].values())
     assert "2 comparisons: corrected for that (Holm), the calls against B and C still hold." in an["paragraph"]
+
+
+def test_without_test_values_the_verdict_is_on_validation_and_says_so():
+    rng = np.random.default_rng(9)
+    effect = seed_effects(rng)
+    arms = [synthetic_arm("A", 0.95, rng, seed_effect=effect), synthetic_arm("B", 0.90, rng, seed_effect=effect)]
+    for a in arms:
+        for runs in a.reruns.values():
+            runs["test"] = {}
+    an = run(arms)
+    assert an["verdict_metric"] == "val_acc" and an["verdicts"][0].label == "A better"
+    assert an["verdict_resolution"] == pytest.approx(1 / 287)
+    assert "reported no test_acc, so the verdict is on val_acc" in an["paragraph"]
