@@ -256,8 +256,12 @@ def analyse(arms: list[ArmData], *, metric: str = "val_acc", test_metric: str | 
     verdicts = []
     if leader is not None:
         for other in ready:
-            if other is not leader:
+            if other is leader:
+                continue
+            try:
                 verdicts.append(_verdict(leader, other, arms, ks, maximize, res_verdict, min_effect, vmetric, n_boot))
+            except ValueError as err:  # no seed in common (every re-run of one failed): no comparison
+                notes.append(f"{leader['name']} and {other['name']} cannot be compared: {err}.")
     adjusted = holm([v.p_value for v in verdicts])
     family = _family_verdict(ready, arms, ks, maximize, res_verdict, min_effect, vmetric, n_boot)
     ranked = sorted((r for r in rows if r["best"] is not None), key=lambda r: -sign * r["best"])
