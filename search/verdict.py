@@ -111,7 +111,12 @@ def collect(exp) -> list[ArmData]:
 
 
 def _seconds(trials) -> float:
-    return float(sum(t.duration.total_seconds() for t in trials if t.duration is not None))
+    """Compute spent: the durations of the trials that count (a trial cut short by a crash or
+    an interruption ran again; its duration may be mostly the time nobody was running it)."""
+    from optsearch.search.study import counts_against_budget
+
+    return float(sum(t.duration.total_seconds() for t in trials
+                     if t.duration is not None and counts_against_budget(t)))
 
 
 def _importances(study) -> dict | None:
