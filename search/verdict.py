@@ -429,12 +429,16 @@ def paragraph(an: dict) -> str:
     gap = an["search_gap"]
     if gap is not None:
         first, second = rows[gap["first"]], rows[gap["second"]]
-        examples = (f": {gap['examples']:.3g} validation example{'s' if round(gap['examples'], 3) != 1 else ''} "
-                    f"out of {an['val_size']}" if gap["examples"] is not None else "")
-        text += (f" In the search, the two best {an['metric']} values were {gap['first']} {fmt(first['best'])} and "
-                 f"{gap['second']} {fmt(second['best'])}{examples}"
-                 + (", within the noise of a single run" if gap["examples"] is not None and gap["examples"] <= 1.0
-                    else "") + ".")
+        if gap["gap"] == 0:
+            text += (f" In the search, {gap['first']} and {gap['second']} tied for the best {an['metric']} "
+                     f"({fmt(first['best'])}).")
+        else:
+            examples = (f": {gap['examples']:.3g} validation example{'s' if round(gap['examples'], 3) != 1 else ''} "
+                        f"out of {an['val_size']}" if gap["examples"] is not None else "")
+            noise = gap["examples"] is not None and gap["examples"] <= 1.0
+            text += (f" In the search, the two best {an['metric']} values were {gap['first']} {fmt(first['best'])} "
+                     f"and {gap['second']} {fmt(second['best'])}{examples}"
+                     + (", within the noise of a single run" if noise else "") + ".")
     if seeds < 2:
         text += " With one seed per arm nothing is known about the noise: every comparison lacks evidence."
     for note in an.get("notes") or []:
