@@ -33,10 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     e.add_argument("--format", choices=["python", "yaml", "json"], default="python")
 
-    c = sub.add_parser("compare", help="compare optimizer variants (or studies) at equal budget")
-    c.add_argument("studies", nargs="+", help="one study (grouped by --by) or several (one group each)")
-    c.add_argument("--storage", default="sqlite:///optsearch.db", help="Optuna storage URL (default: %(default)s)")
-    c.add_argument("--by", choices=["optimizer", "schedule"], default="optimizer")
+    c = sub.add_parser("compare", help="run an experiment (a config with arms:) to its verdict, or compare stored "
+                                       "studies at equal budget")
+    c.add_argument("studies", nargs="+", metavar="CONFIG_OR_STUDY",
+                   help="an experiment config (a YAML file or bundled config with arms:), run or resumed; or one "
+                        "stored study (grouped by --by), or several (one group each)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="experiment: override a config key, e.g. --set study.n_trials=64 (repeatable)")
+    c.add_argument("--report", default=None, metavar="DIR",
+                   help="experiment: the report's folder (default: report-<experiment> here)")
+    c.add_argument("--workers", type=int, default=None, help="experiment: worker actors (default as for study)")
+    c.add_argument("--ray-address", default=None, help="experiment: join this Ray cluster")
+    c.add_argument("--dry-run", action="store_true", help="experiment: validate the config and print it; run nothing")
+    c.add_argument("--allow-space-change", action="store_true",
+                   help="experiment: continue stored arm studies whose search space differs from the config's")
+    c.add_argument("--storage", default="sqlite:///optsearch.db",
+                   help="stored studies: Optuna storage URL (default: %(default)s)")
+    c.add_argument("--by", choices=["optimizer", "schedule"], default="optimizer",
+                   help="one stored study: group its trials by this")
 
     sub.add_parser("configs", help="list the bundled configs")
     return p
@@ -53,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             print(export_trial(_abs_storage(args.storage), args.study, args.trial, args.format))
             return 0
         if args.command == "compare":
-            from optsearch.search.report import compare_studies, print_comparison
-
-            rows, maximize = compare_studies(_abs_storage(args.storage), args.studies, args.by)
-            print_comparison(rows, maximize)
-            return 0
+            return _compare(args)
         if args.command == "configs":
             from optsearch.search.config import bundled_dir, description
 
@@ -128,4 +138,73 @@ def _study(args: argparse.Namespace) -> int:
     if problem:
         print(f"optsearch: error: {problem}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from optsearch.search import config
+
+    if len(args.studies) == 1 and config.is_experiment(args.studies[0]):
+        return _experiment(args)
+    for flag, given in (("--set", args.overrides), ("--report", args.report), ("--workers", args.workers),
+                        ("--ray-address", args.ray_address), ("--dry-run", args.dry_run),
+                        ("--allow-space-change", args.allow_space_change)):
+        if given:
+            raise ConfigError(flag, given if given is not True else None,
+                              "only with an experiment config (a YAML file with arms:), not with stored studies")
+    from optsearch.search.report import compare_studies, print_comparison
+
+    rows, maximize = compare_studies(_abs_storage(args.storage), args.studies, args.by)
+    print_comparison(rows, maximize)
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from optsearch.search import config
+
+    name = args.studies[0]
+    exp = config.load_experiment(name, args.overrides)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers", args.workers, "must be >= 1")
+    for note in exp.notes:
+        print(f"optsearch: note: {exp.path}: {note}", file=sys.stderr)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(exp.raw, sort_keys=False), end="")
+        return 0
+    from rich.console import Console
+
+    from optsearch.search import cluster
+
+    cluster.join_check(cluster.address_of(args.ray_address))  # before Ray loads (it reads RAY_AUTH_MODE then)
+    from optsearch.search.experiment import resume_command, run_experiment
+    from optsearch.search.verdict import print_summary
+
+    try:
+        summary = run_experiment(exp, workers=args.workers, ray_address=args.ray_address,
+                                 allow_space_change=args.allow_space_change, report_dir=args.report)
+    except ConfigError as err:  # found against a stored study or by a trainer: name the config
+        if err.file is None and err.key.split(".")[0] in config.EXPERIMENT_KEYS:
+            raise err.with_file(exp.path) from None
+        raise
+    console = Console()
+    t = summary.get("tracking") or {}
+    for e in t.get("errors") or []:
+        console.print(f"[red]tracking: {e}[/]")
+    if summary.get("interrupted"):
+        print(f"optsearch: interrupted; resume with: {resume_command(name, args.overrides)}", file=sys.stderr)
+        return 130
+    if summary.get("error"):
+        print(f"optsearch: error: {summary['error']}", file=sys.stderr)
+        return 1
+    print_summary(summary["analysis"], console, summary["report"])
+    for note in summary.get("notes") or []:
+        console.print(f"[yellow]{note}[/]", soft_wrap=True)
+    if t.get("experiment_id"):
+        from optsearch.search.tracking import ui_link
+
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {t['uri']}", soft_wrap=True)
+        console.print(f"  then open {ui_link(t['experiment_id'])}", soft_wrap=True)
+    sys.stdout.flush()
     return 0

@@ -41,12 +41,16 @@ class Failure(str, Enum):
 @dataclass(frozen=True)
 class Job:
     """One trial for a worker: its number, params (resolved, plain data) and seed.
-    ``attempt`` counts earlier runs of the same params that crashed or were lost."""
+    ``attempt`` counts earlier runs of the same params that crashed or were lost.
+    ``study``: set when one coordinator serves several studies (the arms of an experiment,
+    ``search/experiment.py``): the worker names it in its report and finish calls, so they
+    reach the study the trial belongs to; None for a single study."""
 
     number: int
     params: dict
     seed: int
     attempt: int = 0
+    study: str | None = None
 
 
 @dataclass(frozen=True)

@@ -116,18 +116,6 @@ def epochs_spent(trials: list[Any]) -> int:
 
 
 # --- comparing variants at equal budget -------------------------------------------------
-def expected_max(values: list[float], k: int, maximize: bool = True) -> float:
-    """E[best of k trials drawn with replacement] (Dodge et al., 2019, "Show your work").
-
-    With n sorted values v_1 <= ... <= v_n: sum_i v_i * ((i/n)^k - ((i-1)/n)^k).
-    """
-    if not values:
-        raise ValueError("no values")
-    xs = sorted(values) if maximize else sorted(values, reverse=True)
-    n = len(xs)
-    return sum(v * ((i / n) ** k - ((i - 1) / n) ** k) for i, v in enumerate(xs, start=1))
-
-
 def _group_key(t: optuna.trial.FrozenTrial, by: str) -> str:
     params = t.user_attrs.get("params") or {}
     section = params.get(by) or {}
@@ -147,19 +135,22 @@ def trial_value(t: optuna.trial.FrozenTrial) -> float | None:
 
 def compare(groups: dict[str, list[optuna.trial.FrozenTrial]], maximize: bool = True,
             ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> list[dict]:
-    """Per group: trials, epochs spent, best, median, and E[max_k] for each k up to the
-    smallest group's trial count, so every variant is compared at the same budget."""
-    sizes = [sum(trial_value(t) is not None for t in ts) for ts in groups.values()]
-    common = min(sizes) if sizes else 0
+    """Per group: trials, epochs spent, best, median, and the expected best value of k trials
+    (``stats``: the unbiased estimator, Tang et al. 2020, and Dodge et al.'s with-replacement
+    one) for each k up to the group's own trials with a value: never extrapolated, so a
+    group with fewer trials shows no value at the larger k."""
+    from optsearch.search import stats
+
     rows = []
     for name, ts in groups.items():
         values = [v for v in (trial_value(t) for t in ts) if v is not None]
         row: dict[str, Any] = {
             "group": name, "trials": len(ts), "complete": sum(t.state == TrialState.COMPLETE for t in ts),
-            "epochs": epochs_spent(ts),
+            "epochs": epochs_spent(ts), "values": len(values),
             "best": (max(values) if maximize else min(values)) if values else None,
             "median": float(sorted(values)[len(values) // 2]) if values else None,
-            "expected_max": {k: expected_max(values, k, maximize) for k in ks if k <= common and values},
+            "expected_max": stats.expected_max_curve(values, maximize, ks, "unbiased") if values else {},
+            "dodge": stats.expected_max_curve(values, maximize, ks, "dodge") if values else {},
         }
         rows.append(row)
     return rows
@@ -187,15 +178,19 @@ def print_comparison(rows: list[dict], maximize: bool) -> None:
     from rich.table import Table
 
     ks = sorted({k for r in rows for k in r["expected_max"]})
-    title = "equal-budget comparison: E\\[best of k trials] (Dodge et al. 2019)"
+    title = "equal-budget comparison: E\\[best of k trials], unbiased (Tang et al. 2020) and Dodge et al. 2019"
     table = Table(title=title + ("" if maximize else ", lower is better"))
-    for col in ["group", "trials", "complete", "epochs", "best", "median"] + [f"k={k}" for k in ks]:
-        table.add_column(col, justify="left" if col == "group" else "right")
+    for col in ["group", "trials", "complete", "epochs", "best", "median", "estimator"] + [f"k={k}" for k in ks]:
+        table.add_column(col, justify="left" if col in ("group", "estimator") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
         table.add_row(r["group"], str(r["trials"]), str(r["complete"]), str(r["epochs"]), fmt(r["best"]),
-                      fmt(r["median"]), *[fmt(r["expected_max"].get(k)) for k in ks])
+                      fmt(r["median"]), "unbiased", *[fmt(r["expected_max"].get(k)) for k in ks])
+        table.add_row("", "", "", "", "", "", "Dodge", *[fmt(r["dodge"].get(k)) for k in ks], style="dim")
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped output: no wrapping of wide tables
     console.print(table)
+    console.print("A pruned trial counts with its last reported value; '-': k beyond the group's trials "
+                  "(no value is extrapolated). `optsearch compare CONFIG` runs a fair experiment with a verdict.",
+                  style="dim")

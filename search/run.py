@@ -131,6 +131,20 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
         cfg, prepared.owner, writer, None, prepared.owner.beat, n)  # the parent run starts with the invocation
+    intro = (f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
+             f"running {left} more on {n} {placement.kind} worker(s)")
+    summary, interrupted = work(cfg, coord, placement, n, left, console, poll, intro)
+    summary["interrupted"] = interrupted
+    summary["workers"] = {"count": n, "kind": placement.kind}
+    return summary
+
+
+def work(cfg: Config, coord, placement: Placement, n: int, left: int, console: Console, poll: float,
+         intro: str, label: str = "trials") -> tuple[dict, bool]:
+    """Start ``n`` workers on ``coord`` (a coordinator actor: ``Coordinator``, or one serving
+    several studies), drive them until it has no more trials, then close it. Returns
+    ``(coord.close()'s summary, interrupted)``; raises a trainer's bad-input ``ConfigError``,
+    or ``StudyError`` when the coordinator dies."""
     actor = ray.remote(TrialWorker).options(num_cpus=placement.num_cpus, num_gpus=placement.num_gpus,
                                             scheduling_strategy="SPREAD")  # over the cluster's nodes
     # On a local Ray, workers import a target trainer from the driver's folder; on a cluster
@@ -147,9 +161,8 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
     summary: dict = {}
     lost_coordinator = None
     try:
-        console.print(f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
-                      f"running {left} more on {n} {placement.kind} worker(s)")
-        fatal = _drive(coord, slots, spawn, console, poll, left, placement)
+        console.print(intro)
+        fatal = _drive(coord, slots, spawn, console, poll, left, placement, label)
     except KeyboardInterrupt:
         interrupted = True
         console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at the "
@@ -173,9 +186,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
         first = str(lost_coordinator).strip().splitlines()[0][:200]
         raise StudyError(f"study {cfg.study.name!r}: its coordinator died ({first}); the trials that finished are "
                          f"stored in {cfg.study.storage}: run the same command to continue")
-    summary["interrupted"] = interrupted
-    summary["workers"] = {"count": n, "kind": placement.kind}
-    return summary
+    return summary, interrupted
 
 
 def _death(err: Exception) -> str:
@@ -196,11 +207,11 @@ def _room(placement: Placement) -> bool:
 
 
 def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
-           placement: Placement) -> ConfigError | None:
+           placement: Placement, label: str = "trials") -> ConfigError | None:
     """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
     trainer's bad-input error (the study stops)."""
     # The bar takes the whole width; the counts go on a line of their own below it.
-    bar = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=None), MofNCompleteColumn(), TimeElapsedColumn(),
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(bar_width=None), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, expand=True)
     task = bar.add_task("", total=left)
     try:

@@ -209,7 +209,8 @@ class MlflowWriter:
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], "", max_results=5000, page_token=token)
-            present |= {r.data.tags.get("optsearch.trial_number") for r in page}
+            present |= {r.data.tags.get("optsearch.trial_number") for r in page
+                        if r.data.tags.get("optsearch.study") == study}  # arms share an experiment
             token = page.token
             if not token:
                 break
@@ -490,3 +491,77 @@ class Tracker:
                     "errors": [f"the MLflow writer died: {str(err).strip().splitlines()[0][:300]}"]}
         finally:
             ray.kill(self._actor)
+
+
+class ExperimentRun:
+    """The parent run of an experiment (``optsearch compare CONFIG``), written from the driver:
+    its config, the arms' study runs nested under it (``adopt``), and the report with its
+    figures as artifacts (``log_report``). MLflow failing never stops the experiment: every
+    failure is kept in ``errors`` and returned by ``close``. A run that a dead driver left
+    RUNNING for the same experiment is closed KILLED when the next one opens."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None):
+        self.uri, self.errors = uri, []
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        try:
+            from mlflow import MlflowClient
+
+            from optsearch.search.study import creation_lock
+
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            with creation_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = (exp.experiment_id if exp is not None else
+                                      self.client.create_experiment(experiment, artifact_location=artifact_location(uri)))
+            stale = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+            for r in stale:
+                if (r.data.tags.get("optsearch.role") == "experiment"
+                        and r.data.tags.get("optsearch.experiment") == tags.get("optsearch.experiment")):
+                    self.client.set_terminated(r.info.run_id, "KILLED")
+            self.run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+            if config_text is not None:
+                self.client.log_text(self.run_id, config_text, "config.yaml")
+        except Exception as err:  # noqa: BLE001 - tracking must never take an experiment down
+            self._failed("open", err)
+
+    def _failed(self, what: str, err: Exception) -> None:
+        message = f"mlflow {what} failed: {type(err).__name__}: {str(err).strip()[:300]}"
+        log.warning(message)
+        self.errors.append(message)
+
+    def adopt(self, run_ids: list[str]) -> None:
+        """Nest these runs (the arms' study runs) under this one."""
+        for run_id in run_ids if self.run_id else []:
+            try:
+                self.client.set_tag(run_id, "mlflow.parentRunId", self.run_id)
+            except Exception as err:  # noqa: BLE001
+                self._failed("nesting a study run", err)
+
+    def log_report(self, folder, metrics: dict[str, float]) -> None:
+        """The report folder's files as artifacts under ``report/``, and headline metrics."""
+        from mlflow.entities import Metric
+
+        if self.run_id is None:
+            return
+        try:
+            now = _ms()
+            points = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            for i in range(0, len(points), 1000):
+                self.client.log_batch(self.run_id, metrics=points[i:i + 1000])
+            self.client.log_artifacts(self.run_id, str(folder), "report")
+        except Exception as err:  # noqa: BLE001
+            self._failed("logging the report", err)
+
+    def close(self, status: str = "FINISHED") -> dict:
+        if self.run_id is not None:
+            try:
+                self.client.set_terminated(self.run_id, status)
+                from optsearch.search.study import checkpoint_sqlite
+
+                checkpoint_sqlite(self.uri)
+            except Exception as err:  # noqa: BLE001
+                self._failed("closing the experiment run", err)
+        return {"experiment_id": self.experiment_id, "parent_run_id": self.run_id, "errors": self.errors}

@@ -172,6 +172,11 @@ def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) 
         conn.send(("outcome", replace(outcome, build=build, resources=resources), fatal))
 
 
+def _route(job: Job) -> tuple:
+    """The extra argument naming the job's study, for a coordinator serving several."""
+    return () if job.study is None else (job.study,)
+
+
 @dataclass
 class _Child:
     proc: Any
@@ -246,7 +251,7 @@ class TrialWorker:
             outcome, fatal = self._run(coordinator, job)
             outcome = replace(outcome, resources={**outcome.resources, "node": self.node})
             # Calls from one caller run in order: finish is recorded before the next ask.
-            coordinator.finish.remote(job.number, outcome)
+            coordinator.finish.remote(job.number, outcome, *_route(job))
             ran += 1
             if fatal is not None:
                 raise fatal
@@ -280,7 +285,8 @@ class TrialWorker:
                 code = self._drop()
                 return Outcome.failed(Failure.CRASH, f"the trainer's process died: {describe_exit(code)}"), None
             if message[0] == "report":
-                child.conn.send(ray.get(coordinator.report.remote(job.number, *message[1:])))
+                # (step, metrics, build) from the trainer; the job's study for a coordinator of several
+                child.conn.send(ray.get(coordinator.report.remote(job.number, *message[1:], *_route(job))))
             elif message[0] == "outcome":
                 return message[1], message[2]
 

@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# A fresh local Ray for this session and the CLIs it starts, never a cluster that happens to be
+# running on the machine (`ray start`, another test session): ray.init() would join that.
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,26 @@ from mlflow import MlflowClient
 
 from optsearch.cli import main
 from optsearch.search import config
-from optsearch.search.report import compare_studies, expected_max
+from optsearch.search import stats
+from optsearch.search.report import compare, compare_studies
 from optsearch.search.run import run_study
 
 
-def test_expected_max_known_answers():
-    assert expected_max([3, 1, 2], 1) == pytest.approx(2.0)  # k=1: the mean
-    assert expected_max([3, 1, 2], 2) == pytest.approx(22 / 9)  # 1/9*1 + 3/9*2 + 5/9*3
-    assert expected_max([3, 1, 2], 200) == pytest.approx(3.0, abs=1e-12)
-    assert expected_max([3, 1, 2], 2, maximize=False) == pytest.approx(14 / 9)  # best = lowest
-    assert expected_max([0.5], 7) == 0.5
+def test_compare_gives_both_estimators_up_to_each_groups_trials():
+    from optuna.trial import create_trial
+
+    def trials(values):
+        return [create_trial(value=v) for v in values]
+
+    rows = compare({"a": trials([3.0, 1.0, 2.0]), "b": trials([0.5, 0.7, 0.1, 0.2, 0.9])})
+    a, b = rows
+    assert a["expected_max"] == pytest.approx({1: 2.0, 2: 8 / 3})  # unbiased: mean, all 2-subsets' best
+    assert a["dodge"] == pytest.approx({1: 2.0, 2: 22 / 9})  # with replacement: 1/9*1 + 3/9*2 + 5/9*3
+    assert list(b["expected_max"]) == [1, 2, 4] and b["expected_max"][4] == pytest.approx(
+        stats.expected_max_unbiased([0.5, 0.7, 0.1, 0.2, 0.9], 4))
+    assert 4 not in a["expected_max"]  # never a value beyond a group's trials
+    low = compare({"a": trials([3.0, 1.0, 2.0])}, maximize=False)[0]
+    assert low["dodge"][2] == pytest.approx(14 / 9) and low["best"] == 1.0
 
 
 def test_sgd_vs_adamw_with_sgdr_and_onecycle(ray_cluster, tmp_path, monkeypatch, capsys):
@@ -58,10 +68,9 @@ def test_sgd_vs_adamw_with_sgdr_and_onecycle(ray_cluster, tmp_path, monkeypatch,
     rows, maximize = compare_studies(f"sqlite:///{tmp_path}/optsearch.db", ["quickstart-compare"])
     groups = {r["group"]: r for r in rows}
     assert set(groups) == {"sgd", "adamw"} and maximize
-    common = min(r["trials"] for r in rows)
     for r in rows:
-        assert max(r["expected_max"]) == 2 ** int(math.log2(common))  # same k for every variant
-        assert r["expected_max"][1] <= r["best"]
+        assert max(r["expected_max"]) == 2 ** int(math.log2(r["values"]))  # up to the group's own trials
+        assert r["expected_max"][1] <= r["dodge"][2] <= r["expected_max"][2] <= r["best"]
     assert main(["compare", "quickstart-compare", "--by", "schedule"]) == 0
     out = capsys.readouterr().out
     assert "sgdr" in out and "onecycle" in out

@@ -88,6 +88,10 @@ class Cifar10Options:
         return BuildContext(math.ceil(self.train_size() / self.batch_size), self.epochs, self.batch_size,
                             self.train_size())
 
+    def eval_sizes(self) -> dict[str, int]:
+        """Examples behind each reported accuracy: one of them is the metric's resolution."""
+        return {"val_acc": self.val_size, "test_acc": self.test_subset or CIFAR10_TEST}
+
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     """bf16 autocast: asked for, or ``auto`` on CUDA and on CPUs with native bf16 units

@@ -38,6 +38,11 @@ class DigitsOptions:
         train = split_sizes(DIGITS_SIZE, self.val_fraction)[0]
         return BuildContext(-(-train // self.batch_size), self.epochs, self.batch_size, train)
 
+    def eval_sizes(self) -> dict[str, int]:
+        """Examples behind each reported accuracy: one of them is the metric's resolution."""
+        _, val, test = split_sizes(DIGITS_SIZE, self.val_fraction)
+        return {"val_acc": val, "test_acc": test}
+
 
 def load_digits_tensors(split_seed: int, val_fraction: float):
     from sklearn.datasets import load_digits

@@ -74,6 +74,17 @@ def planned_budget(name: str | None, target: str | None, options: dict):
     return None
 
 
+def eval_sizes(name: str | None, target: str | None, options: dict) -> dict[str, int]:
+    """{metric: examples it is computed on} when the trainer says (``Options.eval_sizes()``),
+    else {}. One example, 1 / size, is the smallest difference the metric can show."""
+    obj = _resolve(name, target)
+    if inspect.isclass(obj) and hasattr(getattr(obj, "Options", None), "eval_sizes"):
+        from optsearch.trainers.base import options_from
+
+        return dict(options_from(obj.Options, options).eval_sizes())
+    return {}
+
+
 def load_trainer(name: str | None, target: str | None, options: dict) -> Trainer:
     """A ready trainer. Classes get the options; a plain function reads them from ctx.options."""
     obj = _resolve(name, target)
