@@ -366,6 +366,7 @@ BAD_SETS = [
     ("workers.trials_per_gpu=-1", "workers.trials_per_gpu"),
     ("tracking.enabled=maybe", "tracking.enabled"),
     ("tracking.uri=foo://bar", "tracking.uri"),
+    ("tracking.uri=sqlite:////proc/optsearch-mlflow.db", "tracking.uri"),  # a folder that cannot be written
     ("extra=1", "extra"),
     ("study.n_trials={a: [}", "--set"),
     ("nokey", "--set"),
