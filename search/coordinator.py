@@ -162,7 +162,7 @@ class Coordinator:
                  "optsearch.metric": cfg.study.metric, "optsearch.role": "study", "optsearch.config": cfg.path},
                 yaml.safe_dump(cfg.raw, sort_keys=False),
                 actor=writer,
-                before=len(self.study.get_trials(deepcopy=False)),
+                before=[t.number for t in self.study.get_trials(deepcopy=False, states=studies.FINISHED)],
                 description=_description(cfg),
                 started=started,
             )

@@ -148,14 +148,8 @@ class WriterChannel:
     def open(self, *args: Any) -> None:
         self.host.call.remote(self.arm, "open", *args)
 
-    def trial_started(self, *args: Any) -> None:
-        self.host.call.remote(self.arm, "trial_started", *args)
-
-    def metrics_batch(self, *args: Any) -> None:
-        self.host.call.remote(self.arm, "metrics_batch", *args)
-
-    def trial_finished(self, *args: Any) -> None:
-        self.host.call.remote(self.arm, "trial_finished", *args)
+    def apply(self, *args: Any) -> None:
+        self.host.call.remote(self.arm, "apply", *args)
 
     def study_summary(self, *args: Any) -> None:
         self.host.call.remote(self.arm, "study_summary", *args)

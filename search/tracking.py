@@ -152,10 +152,11 @@ class MlflowWriter:
                                   tags=tags if i == 0 else ())
 
     # --- the protocol the coordinator calls ---------------------------------------------
-    def open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int = 0,
+    def open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: list[int] = (),
              description: str = "", started: float | None = None) -> None:
-        """Open the parent run; ``before``: trials numbered below it existed before this run
-        (finished ones without a run are backfilled); ``description``: what the study
+        """Open the parent run; ``before``: the numbers of the trials that had finished
+        before this run began (those without a run are backfilled; trials queued then, such
+        as seed re-runs and retries, are this run's to write); ``description``: what the study
         searches (shown on the experiment and the parent run)."""
         self._do("_open", run_name, tags, config_text, before, description, started)
 
@@ -177,7 +178,7 @@ class MlflowWriter:
                 "unwritten": len(self.backlog), "recovered": self.recovered, "backfilled": self.backfilled}
 
     # --- the writes -------------------------------------------------------------------------
-    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: int,
+    def _open(self, run_name: str, tags: dict[str, str], config_text: str | None, before: list[int],
               description: str, started: float | None) -> None:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
@@ -199,7 +200,7 @@ class MlflowWriter:
             self._backfill(tags["optsearch.storage"], tags["optsearch.study"], tags.get("optsearch.metric", "value"),
                            before)
 
-    def _backfill(self, storage: str, study: str, metric: str, before: int) -> None:
+    def _backfill(self, storage: str, study: str, metric: str, before: list[int]) -> None:
         """Log the finished trials of the study that have no run here (a run that died before
         its writer wrote them, tracking turned off then on): MLflow holds what Optuna holds."""
         import optuna
@@ -216,8 +217,9 @@ class MlflowWriter:
                 break
         stored = optuna.load_study(study_name=study, storage=storage)
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        before = set(before)
         for t in stored.get_trials(deepcopy=False, states=finished):
-            if t.number >= before or str(t.number) in present:
+            if t.number not in before or str(t.number) in present:
                 continue
             state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
                 t.state, "retried" if t.user_attrs.get("retried") else "failed")
@@ -421,7 +423,7 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None,
-                 actor: Any = None, flush_every: float = 1.0, before: int = 0, description: str = "",
+                 actor: Any = None, flush_every: float = 1.0, before: list[int] = (), description: str = "",
                  started: float | None = None):
         import ray
 
