@@ -8,7 +8,7 @@ samples then, so the ask is a dequeue; with ``--no-sample-ahead`` every ask samp
 Prints median and p99 over the first and the last 200 trials, and the coordinator
 process's peak memory.
 
-    python -m bench.scale [--trials 5000] [--sampler tpe] [--think 0.05] [--no-sample-ahead]
+    python -m bench.scale [--trials 5000] [--sampler random --sampler tpe] [--think 0.05] [--no-sample-ahead]
 """
 
 from __future__ import annotations
@@ -27,35 +27,25 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=5000)
-    ap.add_argument("--sampler", default="tpe")
-    ap.add_argument("--window", type=int, default=200)
-    ap.add_argument("--think", type=float, default=0.05, help="seconds between a finish and the next ask")
-    ap.add_argument("--no-sample-ahead", dest="ahead", action="store_false")
-    ap.add_argument("--mlflow", action="store_true", help="track in MLflow too")
-    args = ap.parse_args()
+def run(sampler: str, args, tmp: str) -> dict:
+    """One study of ``args.trials`` through a real coordinator actor; its latencies."""
     from optsearch.search import config
     from optsearch.search import study as studies
     from optsearch.search.coordinator import Coordinator
     from optsearch.search.protocol import Outcome
 
-    tmp = tempfile.mkdtemp(prefix="optsearch-scale-")
     doc = {
-        "study": {"name": "scale", "n_trials": args.trials, "storage": f"sqlite:///{tmp}/s.db",
-                  "sampler": {"name": args.sampler, "seed": 0}, "pruner": {"name": "median"},
+        "study": {"name": f"scale-{sampler}", "n_trials": args.trials, "storage": f"sqlite:///{tmp}/{sampler}.db",
+                  "sampler": {"name": sampler, "seed": 0}, "pruner": {"name": "median"},
                   "sample_ahead": args.ahead},
         "trainer": {"name": "digits"},
         "space": {"optimizer": {"adamw": {"lr": {"low": 1e-5, "high": 1.0, "log": True},
                                           "weight_decay": {"low": 1e-4, "high": 1.0, "log": True}}}},
-        "tracking": {"uri": f"sqlite:///{tmp}/m.db", "enabled": args.mlflow},
+        "tracking": {"uri": f"sqlite:///{tmp}/m-{sampler}.db", "enabled": args.mlflow},
     }
     cfg = config.validate(doc, "scale.yaml")
     prepared = studies.prepare(cfg)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     coord = ray.remote(Coordinator).options(num_cpus=0).remote(cfg, prepared.owner, None, None, None, 1)
-
     ray.get(coord.progress.remote())
     latencies: list[float] = []
     t_all = time.perf_counter()
@@ -73,23 +63,46 @@ def main() -> None:
         if args.think:
             time.sleep(args.think)
         if (i + 1) % 1000 == 0:
-            print(f"  {i + 1} trials, last-window median {statistics.median(latencies[-args.window:]) * 1000:.1f} ms",
-                  flush=True)
+            print(f"  {sampler}: {i + 1} trials, last-window median "
+                  f"{statistics.median(latencies[-args.window:]) * 1000:.1f} ms", flush=True)
     wall = time.perf_counter() - t_all
     rss = ray.get(coord.peak_rss_mb.remote())
     t0 = time.perf_counter()
     ray.get(coord.close.remote())
     close = time.perf_counter() - t0
-    ray.shutdown()
+    ray.kill(coord)
     studies.release_claim(cfg.study, prepared.owner)
     first, last = latencies[:args.window], latencies[-args.window:]
+    return {"sampler": sampler, "wall": wall, "close": close, "rss": rss,
+            "first": (statistics.median(first), pct(first, 0.99)), "last": (statistics.median(last), pct(last, 0.99))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=5000)
+    ap.add_argument("--sampler", dest="samplers", action="append", default=[],
+                    help="repeatable; default: random and tpe, side by side in this run")
+    ap.add_argument("--window", type=int, default=200)
+    ap.add_argument("--think", type=float, default=0.05, help="seconds between a finish and the next ask")
+    ap.add_argument("--no-sample-ahead", dest="ahead", action="store_false")
+    ap.add_argument("--mlflow", action="store_true", help="track in MLflow too")
+    args = ap.parse_args()
+    samplers = args.samplers or ["random", "tpe"]
+    tmp = tempfile.mkdtemp(prefix="optsearch-scale-")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    rows = [run(s, args, tmp) for s in samplers]
+    ray.shutdown()
     ahead = "sample-ahead" if args.ahead else "no sample-ahead"
-    print(f"{args.trials} trials ({args.sampler}, {ahead}, think {args.think * 1000:.0f} ms, median pruner, "
-          f"5 reports each, MLflow {'on' if args.mlflow else 'off'}), {wall:.0f} s")
-    print(f"{'window':12} {'median ms':>10} {'p99 ms':>8}")
-    print(f"{'first ' + str(args.window):12} {statistics.median(first) * 1000:10.1f} {pct(first, 0.99) * 1000:8.1f}")
-    print(f"{'last ' + str(args.window):12} {statistics.median(last) * 1000:10.1f} {pct(last, 0.99) * 1000:8.1f}")
-    print(f"coordinator peak RSS: {rss:.0f} MB; close (flush to SQLite) {close:.1f} s")
+    print(f"{args.trials} trials each ({ahead}, think {args.think * 1000:.0f} ms, median pruner, "
+          f"5 reports each, MLflow {'on' if args.mlflow else 'off'})")
+    base = rows[0]["last"][0]
+    print(f"| sampler | median, first {args.window} | p99, first {args.window} | median, last {args.window} "
+          f"| p99, last {args.window} | last median vs {rows[0]['sampler']} | coordinator peak RSS | wall s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['sampler']} | {r['first'][0] * 1000:.1f} ms | {r['first'][1] * 1000:.1f} ms "
+              f"| {r['last'][0] * 1000:.1f} ms | {r['last'][1] * 1000:.1f} ms | {r['last'][0] / base:.2f}x "
+              f"| {r['rss']:.0f} MB | {r['wall']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -73,9 +73,20 @@ def main(argv=None) -> None:
     ap.add_argument("--archive", type=Path, default=ARCHIVE)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--fresh", action="store_true", help="decode into an empty temporary cache")
+    ap.add_argument("--malloc", choices=["default", "worker"], default="worker",
+                    help="worker: glibc malloc tuned as a trainer process has it (return_freed_memory)")
+    ap.add_argument("--compare", type=int, default=0, metavar="N",
+                    help="run N interleaved pairs (default malloc, worker's) in fresh processes; a table")
     args = ap.parse_args(argv)
     if not args.archive.is_file():
         raise SystemExit(f"no archive at {args.archive}")
+    if args.compare:
+        return compare(args, argv)
+    if args.malloc == "worker":
+        from optsearch.search.workers import return_freed_memory
+
+        if not return_freed_memory():
+            print("note: malloc left as it was (not glibc, or MALLOC_* set in the environment)")
 
     phases = [("python start", snapshot())]
     import torch
@@ -116,6 +127,36 @@ def main(argv=None) -> None:
     for name, (rss, peak, anon, files) in phases:
         print(f"{name:58s} {rss / MB:8.0f} {peak / MB:8.0f} {anon / MB:8.0f} {files / MB:8.0f}")
     print(f"metrics (short run, not accuracy figures): {result}")
+    print(f"RESULT peak_mb={phases[-1][1][1] / MB:.0f} fit_s={fit_s:.2f} steps={done}")
+
+
+def compare(args, argv) -> None:
+    """Interleaved fresh processes with glibc's default malloc and with the worker's tuning:
+    peak RSS and the time of the same training steps, side by side."""
+    import re
+    import subprocess
+    import statistics
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = argv.index("--compare")
+    rest = argv[:i] + argv[i + 2:]
+    rows: dict[str, list[tuple[float, float]]] = {"default": [], "worker": []}
+    for _ in range(args.compare):
+        for mode in rows:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+            out = subprocess.run([sys.executable, "-m", "bench.worker_memory", *rest, "--malloc", mode],
+                                 capture_output=True, text=True, env=env, check=True).stdout
+            m = re.search(r"RESULT peak_mb=(\d+) fit_s=([\d.]+)", out)
+            rows[mode].append((float(m.group(1)), float(m.group(2))))
+            print(f"  {mode}: peak {m.group(1)} MB, fit {m.group(2)} s", flush=True)
+    print(f"batch {args.batch_size}, {args.max_steps or 'all'} steps + val/test evaluation, {args.compare} pair(s)")
+    print("| malloc | peak RSS MB (each run) | peak median | fit s (each run) | fit median | time vs default |")
+    print("| --- | --- | ---: | --- | ---: | ---: |")
+    base = statistics.median(t for _, t in rows["default"])
+    for mode, rs in rows.items():
+        fit = statistics.median(t for _, t in rs)
+        print(f"| {mode} | {', '.join(f'{p:.0f}' for p, _ in rs)} | {statistics.median(p for p, _ in rs):.0f} "
+              f"| {', '.join(f'{t:.1f}' for _, t in rs)} | {fit:.1f} | {fit / base:.2f}x |")
 
 
 if __name__ == "__main__":

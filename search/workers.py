@@ -106,9 +106,36 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="optsearch-orphan-watch").start()
 
 
+MALLOC_THRESHOLD = 64 * 1024  # bytes; see return_freed_memory
+
+
+def return_freed_memory() -> bool:
+    """Have glibc's malloc give freed blocks of 64 KiB and more back to the system at once.
+
+    By default glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), so a
+    training step's activations come from the heap afterwards and the heap keeps them when
+    they are freed: a CPU trial's peak grows by what the evaluation allocates on top of it.
+    A fixed threshold (and trim threshold) of 64 KiB returns them; BENCHMARKS.md section 5
+    measures what it saves and costs. Leaves alone settings the user made with glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; a no-op without glibc.
+    Returns whether it changed anything."""
+    if any(v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, MALLOC_THRESHOLD)) and bool(
+            libc.mallopt(m_trim_threshold, MALLOC_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+
+
 def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) -> None:
     """The trainer process: load the trainer once, then run the jobs ``conn`` sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C for the whole study
+    return_freed_memory()
     _die_with_parent(parent)
     for p in reversed(sys_path):  # the driver's cwd: `target: mymodule:fit` imports here too
         if p not in sys.path:
