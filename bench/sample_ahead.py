@@ -1,5 +1,5 @@
-"""Sample-ahead keeps TPE's quality: the digits study with TPE, sampling ahead and not,
-over the same seeds, side by side in one run.
+"""Sample-ahead and TPE's quality: the digits study with TPE, sampling ahead (``true``),
+not (``false``) and ``auto`` (the default), over the same seeds, side by side in one run.
 
 Sampling ahead asks Optuna for the next trial while the workers train, so a worker's ask is
 a dequeue; the point is sampled with the running trials known to TPE (constant liar) but a
@@ -21,17 +21,20 @@ import time
 import optuna
 
 
-def run_one(ahead: bool, seed: int, trials: int, epochs: int, tmp: str) -> tuple[float, float]:
-    """(best val_acc, wall seconds) of one study."""
+MODES = {"plain": False, "sample-ahead": True, "auto": "auto"}
+
+
+def run_one(mode: str, seed: int, trials: int, epochs: int, tmp: str) -> tuple[float, float]:
+    """(best val_acc, wall seconds) of one study; ``mode``: a key of MODES."""
     from rich.console import Console
 
     from optsearch.search import config
     from optsearch.search.run import run_study
 
-    name = f"digits-tpe-{'ahead' if ahead else 'plain'}-{seed}"
+    name = f"digits-tpe-{mode}-{seed}"
     doc = {"study": {"name": name, "n_trials": trials, "storage": f"sqlite:///{tmp}/a.db",
                      "sampler": {"name": "tpe", "seed": seed, "n_startup_trials": 8}, "pruner": {"name": "none"},
-                     "sample_ahead": ahead},
+                     "sample_ahead": MODES[mode]},
            "trainer": {"name": "digits", "epochs": epochs},
            "space": {"optimizer": {"adamw": {"lr": {"low": 1e-5, "high": 1.0, "log": True},
                                              "weight_decay": {"low": 1e-4, "high": 1.0, "log": True},
@@ -52,20 +55,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="optsearch-ahead-")
-    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     for seed in range(args.seeds):
-        for ahead in (False, True):  # interleaved: the machine's noise falls on both alike
-            results[ahead].append(run_one(ahead, seed, args.trials, args.epochs, tmp))
-            print(f"  seed {seed} {'sample-ahead' if ahead else 'plain TPE'}: best {results[ahead][-1][0]:.4f}, "
-                  f"{results[ahead][-1][1]:.0f} s", flush=True)
+        for mode in MODES:  # interleaved: the machine's noise falls on all alike
+            results[mode].append(run_one(mode, seed, args.trials, args.epochs, tmp))
+            print(f"  seed {seed} {mode}: best {results[mode][-1][0]:.4f}, {results[mode][-1][1]:.0f} s", flush=True)
     print(f"digits, TPE, {args.trials} trials x {args.epochs} epochs, 2 workers, seeds 0-{args.seeds - 1}")
-    print("| TPE | best val_acc per seed | mean | sd | wall s (mean) |")
+    print("| sample_ahead | best val_acc per seed | mean | sd | wall s (mean) |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for ahead in (False, True):
-        bests = [b for b, _ in results[ahead]]
+    for mode, rows in results.items():
+        bests = [b for b, _ in rows]
         sd = statistics.stdev(bests) if len(bests) > 1 else 0.0
-        print(f"| {'sample-ahead' if ahead else 'plain'} | {', '.join(f'{b:.4f}' for b in bests)} "
-              f"| {statistics.mean(bests):.4f} | {sd:.4f} | {statistics.mean(w for _, w in results[ahead]):.0f} |")
+        print(f"| {mode} ({MODES[mode]}) | {', '.join(f'{b:.4f}' for b in bests)} | {statistics.mean(bests):.4f} "
+              f"| {sd:.4f} | {statistics.mean(w for _, w in rows):.0f} |")
 
 
 if __name__ == "__main__":

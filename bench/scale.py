@@ -4,11 +4,11 @@ A driver plays the workers: for each trial it asks the coordinator actor for a j
 five reports and finishes it (no training: the trial's own time does not matter here)
 and times ask-to-finish from the worker's side. ``--think`` seconds pass between a trial's
 finish and the next ask, as a worker's next trial would take: sample-ahead (the default)
-samples then, so the ask is a dequeue; with ``--no-sample-ahead`` every ask samples.
+samples then, so the ask is a dequeue; with ``--sample-ahead false`` every ask samples.
 Prints median and p99 over the first and the last 200 trials, and the coordinator
 process's peak memory.
 
-    python -m bench.scale [--trials 5000] [--sampler random --sampler tpe] [--think 0.05] [--no-sample-ahead]
+    python -m bench.scale [--trials 5000] [--sampler random --sampler tpe] [--think 0.05] [--sample-ahead auto|true|false]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def run(sampler: str, args, tmp: str) -> dict:
     }
     cfg = config.validate(doc, "scale.yaml")
     prepared = studies.prepare(cfg)
-    coord = ray.remote(Coordinator).options(num_cpus=0).remote(cfg, prepared.owner, None, None, None, 1)
+    coord = ray.remote(Coordinator).options(num_cpus=0).remote(cfg, prepared.owner)
     ray.get(coord.progress.remote())
     latencies: list[float] = []
     t_all = time.perf_counter()
@@ -84,7 +84,8 @@ def main() -> None:
                     help="repeatable; default: random and tpe, side by side in this run")
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--think", type=float, default=0.05, help="seconds between a finish and the next ask")
-    ap.add_argument("--no-sample-ahead", dest="ahead", action="store_false")
+    ap.add_argument("--sample-ahead", dest="ahead", default="auto", type=lambda v: {"true": True, "false": False}.get(v, v),
+                    choices=["auto", True, False], help="study.sample_ahead: auto (the default), true, false")
     ap.add_argument("--mlflow", action="store_true", help="track in MLflow too")
     args = ap.parse_args()
     samplers = args.samplers or ["random", "tpe"]
@@ -92,7 +93,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     rows = [run(s, args, tmp) for s in samplers]
     ray.shutdown()
-    ahead = "sample-ahead" if args.ahead else "no sample-ahead"
+    ahead = f"sample_ahead: {str(args.ahead).lower()}"
     print(f"{args.trials} trials each ({ahead}, think {args.think * 1000:.0f} ms, median pruner, "
           f"5 reports each, MLflow {'on' if args.mlflow else 'off'})")
     base = rows[0]["last"][0]

@@ -63,7 +63,7 @@ class StudyConfig:
     nan: str = "fail"  # a non-finite reported metric: fail the trial, or prune it
     max_retries: int = 2  # re-runs of params whose trial a crash or a lost worker cut short
     trial_timeout: float | None = None  # seconds; a trial running longer fails
-    sample_ahead: bool = True  # sample the next trials while the workers train
+    sample_ahead: bool | str = "auto"  # sample the next trial while the workers train: auto, true, false
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class TrainerConfig:
 class WorkersConfig:
     count: int | str  # "auto" or N
     trials_per_gpu: float
+    return_freed_memory: bool = False  # trainer processes: glibc malloc returns freed blocks at once (slower)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
         "nan": ("fail", Options("fail", "prune")),
         "max_retries": (2, at_least(0)),
         "trial_timeout": (None, Nullable(POSITIVE)),
-        "sample_ahead": (True, BOOLEAN),
+        "sample_ahead": ("auto", Options("auto", True, False)),
     }, ignore=("sampler", "pruner"))
     sampler = SamplerConfig(*samplers.parse("study.sampler", raw_study.get("sampler"), "sampler", "tpe"))
     pruner = PrunerConfig(*samplers.parse("study.pruner", raw_study.get("pruner"), "pruner", "median"))
@@ -288,6 +289,7 @@ def validate(doc: dict, path: str = "<config>", cwd: Path | None = None) -> Conf
     workers = check_section("workers", doc.get("workers"), {
         "count": ("auto", AnyOf(Options("auto"), at_least(1))),
         "trials_per_gpu": (1, POSITIVE),
+        "return_freed_memory": (False, BOOLEAN),
     })
     tracking = check_section("tracking", doc.get("tracking"), {
         "uri": (os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING), TRACKING_URI),

@@ -10,9 +10,10 @@ timer thread here), MLflow (``tracking.Tracker``, which writes from its own acto
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,18 +75,35 @@ class Heartbeat:
 class SampleAhead:
     """Samples the next trials while the workers train, so the ask a worker sees is a dequeue.
 
-    A thread of its own keeps up to ``depth`` trials sampled ahead: each is created WAITING
+    A thread of its own keeps one trial sampled ahead: it is created WAITING
     (Optuna's own queue, which ``study.ask()`` pops first) and its params are suggested
     there, by the study's sampler, with whatever has finished by then; TPE's constant liar
     counts the RUNNING trials. A popped trial becomes RUNNING then, so its start time is when
     it is handed out; its params are already stored and ``Space.sample`` only reads them
     back. Trials sampled ahead but never handed out stay WAITING: the next run uses them.
     One lock keeps ``ask`` from popping a trial while its params are being written.
+
+    One, not one per worker: Optuna's samplers do not see WAITING trials, so a second point
+    sampled ahead would be drawn blind to the first (two near-equal points); with one, each
+    point sampled ahead knows every point handed out (RUNNING by then). A worker that asks
+    while the point is taken samples as a plain ask does.
+
+    ``auto`` (``study.sample_ahead: auto``, the default) starts sampling ahead only once a
+    plain ask's sampling costs a worker more than ``AUTO_SHARE`` of a trial's time (medians
+    of the last 20): a point sampled ahead knows one finished trial fewer than a plain ask
+    would, which a short study of cheap asks should not pay for; at thousands of trials,
+    where TPE's ask takes tens of milliseconds, it starts. Once started, it stays on.
     """
 
-    def __init__(self, coordinator: "Coordinator", depth: int):
+    depth = 1
+    AUTO_SHARE = 0.02
+    AUTO_MIN = 5  # observations of each before deciding
+
+    def __init__(self, coordinator: "Coordinator", auto: bool = False):
         self.c = coordinator
-        self.depth = max(1, depth)
+        self.engaged = not auto
+        self._asks: deque[float] = deque(maxlen=20)
+        self._trials: deque[float] = deque(maxlen=20)
         self.study_id = coordinator.storage.get_study_id_from_name(coordinator.cfg.study.name)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -99,6 +117,19 @@ class SampleAhead:
         self._wake.set()
         return trial
 
+    def observe(self, ask_s: float | None = None, trial_s: float | None = None) -> None:
+        """``auto``: a plain ask's sampling time, or a finished trial's duration."""
+        if self.engaged:
+            return
+        if ask_s is not None:
+            self._asks.append(ask_s)
+        if trial_s is not None:
+            self._trials.append(trial_s)
+        if (len(self._asks) >= self.AUTO_MIN and len(self._trials) >= self.AUTO_MIN
+                and statistics.median(self._asks) > self.AUTO_SHARE * statistics.median(self._trials)):
+            self.engaged = True
+            self._wake.set()
+
     def _waiting(self) -> int:
         return len(self.c.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -106,7 +137,7 @@ class SampleAhead:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
-            while not self._stop.is_set() and not self.c.stopping:
+            while self.engaged and not self._stop.is_set() and not self.c.stopping:
                 with self._lock:
                     waiting = self._waiting()
                     if waiting >= self.depth or self.c.counted + len(self.c.running) + waiting >= self.c.cfg.study.n_trials:
@@ -129,10 +160,9 @@ class SampleAhead:
 
 class Coordinator:
     def __init__(self, cfg: Config, owner: studies.Owner, writer: Any = None, run_name: str | None = None,
-                 started: float | None = None, ahead: int = 1):
+                 started: float | None = None):
         """``owner``: the driver's claim (``study.prepare``); ``writer``: an MLflow writer
-        actor started beside this one (``run.py``); ``ahead``: how many trials to sample
-        ahead of the workers (``study.sample_ahead``; one per worker)."""
+        actor started beside this one (``run.py``)."""
         quiet_libraries()
         studies.exit_with(owner)
         self.cfg = cfg
@@ -150,7 +180,8 @@ class Coordinator:
         best = _best(self.study)
         self.best = None if best is None else best.value
         self.heartbeat = Heartbeat(self.storage, cfg.study.name, owner)
-        self.sampler = SampleAhead(self, ahead) if cfg.study.sample_ahead else None
+        self.sampler = (SampleAhead(self, auto=cfg.study.sample_ahead == "auto") if cfg.study.sample_ahead
+                        else None)
         self.tracker = None
         if cfg.tracking.enabled and self.counted_before < cfg.study.n_trials:  # nothing to run: no parent run
             from optsearch.search.tracking import Tracker
@@ -176,6 +207,7 @@ class Coordinator:
         """The next trial's job, or None when the budget is spent or the study is stopping.
         Queued trials (retries) come before new points."""
         while not self.stopping and self.counted + len(self.running) < self.cfg.study.n_trials:
+            t0 = time.perf_counter()
             trial = self.sampler.ask() if self.sampler else self.study.ask()
             attempt = trial.user_attrs.get(studies.ATTEMPT, 0)
             running = Running(trial, slot, {}, attempt, time.time())
@@ -184,6 +216,8 @@ class Coordinator:
             except Exception as err:  # noqa: BLE001 - a sampled point the space rejects: record, go on
                 self._record(running, Outcome.failed(Failure.REJECTED, f"{type(err).__name__}: {err}"))
                 continue
+            if self.sampler and not self.sampler.engaged and studies.RETRY_OF not in trial.user_attrs:
+                self.sampler.observe(ask_s=time.perf_counter() - t0)  # a new point: the sampler ran
             running.params = params
             trial.set_user_attr("params", params)
             self.running[trial.number] = running
@@ -256,6 +290,8 @@ class Coordinator:
         infrastructure failed it and attempts are left."""
         self.running.pop(run.trial.number, None)
         trial, state = run.trial, outcome.state
+        if self.sampler and state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.sampler.observe(trial_s=time.time() - run.started)
         if outcome.failure not in (Failure.LOST, Failure.INTERRUPTED):
             self.finished_by_slot[run.slot] += 1
         for k, v in outcome.metrics.items():

@@ -130,7 +130,7 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
 
         writer = writer_actor(cfg.tracking.uri, cfg.experiment, prepared.owner, **_here())
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1, **_here()).remote(
-        cfg, prepared.owner, writer, None, prepared.owner.beat, n)  # the parent run starts with the invocation
+        cfg, prepared.owner, writer, None, prepared.owner.beat)  # the parent run starts with the invocation
     intro = (f"study [bold]{cfg.study.name}[/]: {prepared.counted} of {cfg.study.n_trials} trials stored, "
              f"running {left} more on {n} {placement.kind} worker(s)")
     summary, interrupted = work(cfg, coord, placement, n, left, console, poll, intro)
@@ -153,7 +153,7 @@ def work(cfg: Config, coord, placement: Placement, n: int, left: int, console: C
 
     def spawn():  # workers import and load their trainer while the coordinator opens the study
         return actor.remote(cfg.trainer.name, cfg.trainer.target, cfg.trainer.options, placement.threads,
-                            sys_path, cfg.study.trial_timeout)
+                            sys_path, cfg.study.trial_timeout, cfg.workers.return_freed_memory)
 
     slots = [spawn() for _ in range(n)]
     interrupted = False

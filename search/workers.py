@@ -115,8 +115,10 @@ def return_freed_memory() -> bool:
     By default glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), so a
     training step's activations come from the heap afterwards and the heap keeps them when
     they are freed: a CPU trial's peak grows by what the evaluation allocates on top of it.
-    A fixed threshold (and trim threshold) of 64 KiB returns them; BENCHMARKS.md section 5
-    measures what it saves and costs. Leaves alone settings the user made with glibc's
+    A fixed threshold (and trim threshold) of 64 KiB returns them, but every large tensor is
+    then mapped (and its pages faulted in) afresh: BENCHMARKS.md section 5 measured a CIFAR-10
+    CPU worker's peak at 1483 MB instead of 1646 MB, and its training 1.39x slower. So it is
+    opt-in, ``workers.return_freed_memory: true``, for machines short of memory. Leaves alone settings the user made with glibc's
     ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; a no-op without glibc.
     Returns whether it changed anything."""
     if any(v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
@@ -132,10 +134,11 @@ def return_freed_memory() -> bool:
         return False
 
 
-def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int) -> None:
+def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int, return_memory: bool = False) -> None:
     """The trainer process: load the trainer once, then run the jobs ``conn`` sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C for the whole study
-    return_freed_memory()
+    if return_memory:  # workers.return_freed_memory
+        return_freed_memory()
     _die_with_parent(parent)
     for p in reversed(sys_path):  # the driver's cwd: `target: mymodule:fit` imports here too
         if p not in sys.path:
@@ -215,8 +218,10 @@ class TrialWorker:
     """One Ray actor: the loop ask -> run in the trainer process -> finish."""
 
     def __init__(self, trainer_name: str | None, trainer_target: str | None, options: dict, threads: int,
-                 sys_path: list[str] | None = None, trial_timeout: float | None = None):
+                 sys_path: list[str] | None = None, trial_timeout: float | None = None,
+                 return_memory: bool = False):
         self.trainer = (trainer_name, trainer_target, options)
+        self.return_memory = return_memory
         self.threads = threads
         self.sys_path = list(sys_path or []) + [os.getcwd()]  # the job's shipped working directory, if any
         self.node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
@@ -228,7 +233,8 @@ class TrialWorker:
     def _spawn(self) -> None:
         mp = multiprocessing.get_context("spawn")
         parent_end, child_end = mp.Pipe()
-        proc = mp.Process(target=serve, args=(child_end, self.trainer, self.threads, self.sys_path, os.getpid()),
+        proc = mp.Process(target=serve, args=(child_end, self.trainer, self.threads, self.sys_path, os.getpid(),
+                                             self.return_memory),
                           name="optsearch-trainer", daemon=False)  # a trainer may start processes of its own
         proc.start()
         child_end.close()

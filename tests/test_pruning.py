@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 from optuna.pruners import BasePruner
@@ -91,3 +93,78 @@ def test_sample_ahead_spends_exactly_the_budget_and_samples_each_trial_once(ray_
     for t in trials:  # what ran is what was sampled, once: the stored param and the resolved one agree
         assert t.params["adamw.lr"] == t.user_attrs["params"]["optimizer"]["lr"]
     assert len({t.params["adamw.lr"] for t in trials}) == 8
+
+
+def test_sample_ahead_keeps_one_point_queued_so_none_is_drawn_blind(tmp_path):
+    """Optuna's samplers ignore WAITING trials: two points queued at once would each be drawn
+    without knowing the other. However many trials are handed out, one waits, and it was
+    drawn while every handed-out trial was RUNNING (constant liar saw them)."""
+    from optuna.trial import TrialState
+
+    from optsearch.search import config
+    from optsearch.search import study as studies
+    from optsearch.search.coordinator import Coordinator
+    from tests.conftest import digits_config
+
+    doc = digits_config(tmp_path, n_trials=20, sampler={"name": "tpe", "seed": 0, "n_startup_trials": 2})
+    doc["study"]["sample_ahead"] = True
+    doc["tracking"] = {"enabled": False}
+    cfg = config.validate(doc, str(tmp_path / "c.yaml"), tmp_path)
+    prepared = studies.prepare(cfg)
+    coord = Coordinator(cfg, prepared.owner)
+    try:
+        jobs = [coord.ask(slot) for slot in range(4)]  # four workers, none finished
+        assert len({j.number for j in jobs}) == 4
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not coord.sampler._waiting():
+            time.sleep(0.05)
+        time.sleep(1.0)  # time for a second point, were there to be one
+        trials = coord.study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        assert len(waiting) == 1 and waiting[0].params  # sampled ahead: its params are stored
+        running = {t.number for t in trials if t.state == TrialState.RUNNING}
+        assert running == {j.number for j in jobs}
+    finally:
+        coord.close()
+        studies.release_claim(cfg.study, prepared.owner)
+
+
+def _auto_coordinator(tmp_path, name):
+    from optsearch.search import config
+    from optsearch.search import study as studies
+    from optsearch.search.coordinator import Coordinator
+    from tests.conftest import digits_config
+
+    doc = digits_config(tmp_path, n_trials=12, sampler={"name": "random", "seed": 0})
+    doc["study"]["name"] = name
+    doc["tracking"] = {"enabled": False}
+    cfg = config.validate(doc, str(tmp_path / f"{name}.yaml"), tmp_path)
+    assert cfg.study.sample_ahead == "auto"  # the default
+    prepared = studies.prepare(cfg)
+    return Coordinator(cfg, prepared.owner), cfg, prepared
+
+
+@pytest.mark.parametrize("trial_s, engages", [(0.3, False), (0.0, True)])
+def test_sample_ahead_auto_starts_only_when_sampling_costs_a_worker_time(tmp_path, trial_s, engages):
+    """auto: with trials of 0.3 s the random sampler's ~1 ms asks are well under 2% of a
+    trial, so every point is sampled at its ask (nothing WAITING, as plain Optuna); with
+    trials that end at once, sampling is most of a worker's time and it samples ahead."""
+    from optuna.trial import TrialState
+
+    from optsearch.search import study as studies
+    from optsearch.search.protocol import Outcome
+
+    coord, cfg, prepared = _auto_coordinator(tmp_path, f"auto{int(engages)}")
+    seen_waiting = []
+    try:
+        for _ in range(8):
+            job = coord.ask(0)
+            time.sleep(trial_s)
+            coord.finish(job.number, Outcome(TrialState.COMPLETE, {"val_acc": 0.5}))
+            time.sleep(0.1)  # the sample-ahead thread's moment, were it on
+            seen_waiting.append(len(coord.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+        assert coord.sampler.engaged is engages
+        assert (max(seen_waiting) == 1) is engages and max(seen_waiting) <= 1
+    finally:
+        coord.close()
+        studies.release_claim(cfg.study, prepared.owner)
