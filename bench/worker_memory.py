@@ -73,16 +73,16 @@ def main(argv=None) -> None:
     ap.add_argument("--archive", type=Path, default=ARCHIVE)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--fresh", action="store_true", help="decode into an empty temporary cache")
-    ap.add_argument("--malloc", choices=["default", "worker"], default="worker",
-                    help="worker: glibc malloc tuned as a trainer process has it (return_freed_memory)")
+    ap.add_argument("--malloc", choices=["default", "return"], default="default",
+                    help="return: glibc malloc as workers.return_freed_memory: true sets it in a trainer process")
     ap.add_argument("--compare", type=int, default=0, metavar="N",
-                    help="run N interleaved pairs (default malloc, worker's) in fresh processes; a table")
+                    help="run N interleaved pairs (--malloc default, return) in fresh processes; a table")
     args = ap.parse_args(argv)
     if not args.archive.is_file():
         raise SystemExit(f"no archive at {args.archive}")
     if args.compare:
         return compare(args, argv)
-    if args.malloc == "worker":
+    if args.malloc == "return":
         from optsearch.search.workers import return_freed_memory
 
         if not return_freed_memory():
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
 
 
 def compare(args, argv) -> None:
-    """Interleaved fresh processes with glibc's default malloc and with the worker's tuning:
+    """Interleaved fresh processes with glibc's default malloc and with freed memory returned:
     peak RSS and the time of the same training steps, side by side."""
     import re
     import subprocess
@@ -140,7 +140,7 @@ def compare(args, argv) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     i = argv.index("--compare")
     rest = argv[:i] + argv[i + 2:]
-    rows: dict[str, list[tuple[float, float]]] = {"default": [], "worker": []}
+    rows: dict[str, list[tuple[float, float]]] = {"default": [], "return": []}
     for _ in range(args.compare):
         for mode in rows:
             env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
