@@ -73,7 +73,7 @@ class Heartbeat:
 
 
 class SampleAhead:
-    """Samples the next trials while the workers train, so the ask a worker sees is a dequeue.
+    """Samples the next trial while the workers train, so the ask a worker sees is a dequeue.
 
     A thread of its own keeps one trial sampled ahead: it is created WAITING
     (Optuna's own queue, which ``study.ask()`` pops first) and its params are suggested
