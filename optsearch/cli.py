@@ -101,22 +101,31 @@ def _abs_storage(url: str) -> str:
     return urls.absolute(url, Path.cwd())
 
 
+def _before_run(args: argparse.Namespace, loaded) -> bool:
+    """What ``study`` and ``compare CONFIG`` do with a loaded config before running it:
+    check ``--workers``, print the config's notes, and for ``--dry-run`` print the resolved
+    YAML. False when there is nothing to run (a dry run); else the Ray address is checked."""
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers", args.workers, "must be >= 1")
+    for note in loaded.notes:
+        print(f"optsearch: note: {loaded.path}: {note}", file=sys.stderr)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(loaded.raw, sort_keys=False), end="")
+        return False
+    from optsearch.search import cluster
+
+    cluster.join_check(cluster.address_of(args.ray_address))  # before Ray loads (it reads RAY_AUTH_MODE then)
+    return True
+
+
 def _study(args: argparse.Namespace) -> int:
     from optsearch.search import config
 
     cfg = config.load(args.config, args.overrides)
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError("--workers", args.workers, "must be >= 1")
-    for note in cfg.notes:
-        print(f"optsearch: note: {cfg.path}: {note}", file=sys.stderr)
-    if args.dry_run:
-        import yaml
-
-        print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
+    if not _before_run(args, cfg):
         return 0
-    from optsearch.search import cluster
-
-    cluster.join_check(cluster.address_of(args.ray_address))  # before Ray loads (it reads RAY_AUTH_MODE then)
     from optsearch.search.run import print_summary, run_study, unfinished
 
     try:
@@ -164,20 +173,10 @@ def _experiment(args: argparse.Namespace) -> int:
 
     name = args.studies[0]
     exp = config.load_experiment(name, args.overrides)
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError("--workers", args.workers, "must be >= 1")
-    for note in exp.notes:
-        print(f"optsearch: note: {exp.path}: {note}", file=sys.stderr)
-    if args.dry_run:
-        import yaml
-
-        print(yaml.safe_dump(exp.raw, sort_keys=False), end="")
+    if not _before_run(args, exp):
         return 0
     from rich.console import Console
 
-    from optsearch.search import cluster
-
-    cluster.join_check(cluster.address_of(args.ray_address))  # before Ray loads (it reads RAY_AUTH_MODE then)
     from optsearch.search.experiment import resume_command, run_experiment
     from optsearch.search.verdict import print_summary
 

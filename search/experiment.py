@@ -304,10 +304,24 @@ def run_experiment(exp: Experiment, workers: int | None = None, ray_address: str
             tracked = ExperimentRun(base.tracking.uri, base.experiment, name, tags,
                                     yaml.safe_dump(exp.raw, sort_keys=False))
 
-    def adopt(summaries: dict) -> None:
-        if tracked is not None:
+    def run_phase(cfgs: dict[str, Config], prepared: dict, key: str, label: str, reruns: bool) -> bool:
+        """Run one phase (the search, or the seed re-runs) when it has trials left; True
+        when the experiment must stop here (interrupted, or arms short of their totals)."""
+        nonlocal status
+        if not any(cfg.study.n_trials > prepared[arm].counted for arm, cfg in cfgs.items()):
+            return False
+        start()
+        summaries, interrupted, n = _phase(exp, cfgs, prepared, workers, console, poll, label, reruns)
+        summary["ran"][key] = summaries
+        summary["workers"] = max(summary["workers"], n)
+        if tracked is not None:  # the arms' study runs nest under the experiment's
             tracked.adopt([s["tracking"]["parent_run_id"] for s in summaries.values()
                            if (s.get("tracking") or {}).get("parent_run_id")])
+        if interrupted:
+            summary["interrupted"] = True
+            status = "KILLED"
+            return True
+        return _short(exp, summaries, cfgs, summary)
 
     try:
         # 1. The search: every arm to its n_trials, interleaved.
@@ -317,18 +331,8 @@ def run_experiment(exp: Experiment, workers: int | None = None, ray_address: str
                 for number in p.recovered:
                     console.print(f"arm {arm}: trial {number} was left running by a run that died: failed as "
                                   "interrupted, its params queued again")
-            if any(cfg.study.n_trials > prepared[arm].counted for arm, cfg in exp.arms.items()):
-                start()
-                summaries, interrupted, n = _phase(exp, exp.arms, prepared, workers, console, poll, "search", False)
-                summary["ran"]["search"] = summaries
-                summary["workers"] = max(summary["workers"], n)
-                adopt(summaries)
-                if interrupted:
-                    summary["interrupted"] = True
-                    status = "KILLED"
-                    return summary
-                if _short(exp, summaries, exp.arms, summary):
-                    return summary
+            if run_phase(exp.arms, prepared, "search", "search", False):
+                return summary
         finally:
             _release(exp.arms, prepared)
 
@@ -350,19 +354,8 @@ def run_experiment(exp: Experiment, workers: int | None = None, ray_address: str
                 for number in p.recovered:
                     console.print(f"arm {arm}: re-run trial {number} was left running by a run that died: "
                                   "queued again")
-            if any(cfg.study.n_trials > prepared[arm].counted for arm, cfg in rerun_cfgs.items()):
-                start()
-                summaries, interrupted, n = _phase(exp, rerun_cfgs, prepared, workers, console, poll, "re-runs",
-                                                   True)
-                summary["ran"]["reruns"] = summaries
-                summary["workers"] = max(summary["workers"], n)
-                adopt(summaries)
-                if interrupted:
-                    summary["interrupted"] = True
-                    status = "KILLED"
-                    return summary
-                if _short(exp, summaries, rerun_cfgs, summary):
-                    return summary
+            if run_phase(rerun_cfgs, prepared, "reruns", "re-runs", True):
+                return summary
         finally:
             _release(rerun_cfgs, prepared)
         if started:
