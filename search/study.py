@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -101,7 +101,7 @@ def creation_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def discard_unfinished(url: str, content: tuple[str, ...]) -> bool:
+def discard_unfinished(url: str, content: tuple[str, ...], broken: bool = False) -> bool:
     """Delete an SQLite store whose creation a killed process cut short, if it holds nothing.
 
     Optuna and MLflow create their schema (and stamp its alembic version) on first open; a
@@ -109,7 +109,9 @@ def discard_unfinished(url: str, content: tuple[str, ...]) -> bool:
     already exists", a missing version). Such a file is unfinished when its
     ``alembic_version`` table is missing or an ``_alembic_tmp_*`` table remains, and it
     holds nothing when every ``content`` table is empty or absent. Call under
-    ``creation_lock``. Returns whether it was deleted."""
+    ``creation_lock``. ``broken``: the caller's open of it failed, which makes it unfinished
+    too (a schema step whose tables were made but whose version stamp was not: "table
+    mcp_servers already exists"). Returns whether it was deleted."""
     import sqlite3
 
     path = urls.sqlite_path(url)
@@ -120,7 +122,7 @@ def discard_unfinished(url: str, content: tuple[str, ...]) -> bool:
         # files under the open connections of other processes
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
             tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
-            unfinished = "alembic_version" not in tables or any(t.startswith("_alembic_tmp") for t in tables)
+            unfinished = broken or "alembic_version" not in tables or any(t.startswith("_alembic_tmp") for t in tables)
             empty = all(conn.execute(f'select count(*) from "{t}"').fetchone()[0] == 0 for t in content if t in tables)
     except sqlite3.DatabaseError:
         return False  # not ours to judge: the open that follows says what is wrong
@@ -129,6 +131,21 @@ def discard_unfinished(url: str, content: tuple[str, ...]) -> bool:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return True
+
+
+T = TypeVar("T")
+
+
+def open_remaking_empty(url: str, content: tuple[str, ...], open_: Callable[[], T]) -> T:
+    """``open_()`` a store; if that fails on an SQLite store that holds nothing (``content``
+    tables empty), delete it and open it again: a killed process can leave a schema half
+    made in ways ``discard_unfinished`` cannot see beforehand. Call under ``creation_lock``."""
+    try:
+        return open_()
+    except Exception:
+        if not discard_unfinished(url, content, broken=True):
+            raise
+    return open_()
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:

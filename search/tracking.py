@@ -27,6 +27,33 @@ STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialS
 RETRY_EVERY_S = 5.0  # while MLflow fails, the backlog is retried at most this often
 
 
+def open_store(uri: str):
+    """An ``MlflowClient`` on ``uri``, its store made and usable: a local store that a killed
+    process left half made, holding no runs, is made again (``study.discard_unfinished``)."""
+    from mlflow import MlflowClient
+
+    from optsearch.search.study import creation_lock, discard_unfinished, open_remaking_empty
+
+    opened = []
+
+    def open_client() -> MlflowClient:
+        if opened:  # again, after the store was deleted: MLflow keeps one engine per URI, on the old file
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        opened.append(uri)
+        client = MlflowClient(tracking_uri=uri)
+        if urls.is_sqlite(uri):
+            client.search_experiments(max_results=1)  # a fresh local store creates its schema here
+        return client
+
+    with creation_lock(uri):
+        discard_unfinished(uri, ("runs",))
+        return open_remaking_empty(uri, ("runs",), open_client)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -84,7 +111,6 @@ class MlflowWriter:
         for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
             os.environ.setdefault(var, value)  # a tracking server that is down costs seconds, not minutes
         import mlflow  # noqa: F401
-        from mlflow import MlflowClient
 
         from optsearch.search.study import fast_sqlite
 
@@ -94,13 +120,7 @@ class MlflowWriter:
             fast_sqlite()  # this process is the tracking store's only writer
         self.uri = uri
         self.experiment = experiment
-        from optsearch.search.study import creation_lock, discard_unfinished
-
-        with creation_lock(uri):  # a fresh local store creates and migrates its schema here
-            discard_unfinished(uri, ("runs",))  # one a killed run left half made
-            self.client = MlflowClient(tracking_uri=uri)
-            if urls.is_sqlite(uri):
-                self.client.search_experiments(max_results=1)
+        self.client = open_store(uri)
         self.errors: list[str] = []
         self.backlog: list[tuple[str, tuple]] = []
         self._retried = 0.0
@@ -507,14 +527,12 @@ class ExperimentRun:
         self.experiment_id: str | None = None
         self.run_id: str | None = None
         try:
-            from mlflow import MlflowClient
-
             from optsearch.search.study import creation_lock
 
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+            self.client = open_store(uri)
             with creation_lock(uri):
-                self.client = MlflowClient(tracking_uri=uri)
                 exp = self.client.get_experiment_by_name(experiment)
                 self.experiment_id = (exp.experiment_id if exp is not None else
                                       self.client.create_experiment(experiment, artifact_location=artifact_location(uri)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -122,3 +124,46 @@ def test_configs_lists_whole_descriptions(capsys):
         text = description(f)
         assert text.endswith((".", ")")), f.name  # a header is written as whole sentences
         assert " ".join(text.split()[-6:]) in out, f.name  # and shown to its end
+
+
+
+# MLflow caches a store per URI in a process, so each open below is a process of its own.
+OPEN_MLFLOW = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+OPEN_OURS = ("import sys; from optsearch.search.tracking import open_store; c = open_store(sys.argv[1]); "
+             "c.create_run(c.create_experiment('e'))")
+BEFORE_MCP = "b7e4c1a90f23"  # the revision before the one that creates mcp_servers
+
+
+def _py(code: str, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, timeout=120)
+
+
+def _set_back(path) -> None:
+    """Every table exists, the version stamp is a step behind: what a process killed between
+    a schema step's DDL and its stamp leaves."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"update alembic_version set version_num = '{BEFORE_MCP}'")
+
+
+def test_a_half_made_store_that_holds_no_runs_is_made_again(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert _py(OPEN_MLFLOW, uri).returncode == 0
+    _set_back(tmp_path / "m.db")
+    assert _py(OPEN_MLFLOW, uri).returncode != 0  # the control: MLflow cannot open it
+    ours = _py(OPEN_OURS, uri)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert _py(OPEN_MLFLOW, uri).returncode == 0  # made again, at the current schema
+    assert len(MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("e").experiment_id])) == 1
+
+
+def test_a_broken_store_that_holds_runs_is_never_deleted(tmp_path):
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert _py(OPEN_OURS, uri).returncode == 0  # one run in it
+    _set_back(tmp_path / "m.db")
+    assert _py(OPEN_OURS, uri).returncode != 0  # refused, not remade
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        assert conn.execute("select count(*) from runs").fetchone()[0] == 1
