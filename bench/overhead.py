@@ -6,7 +6,10 @@ time = (reports made) * 10 ms / workers. Per-trial overhead = (wall - ideal) * w
 the worker-seconds each trial costs beyond its own work. Start-up (a new study, a new
 MLflow store, worker processes) counts: it is part of what a user waits for.
 
-    python -m bench.overhead [--trials 100] [--workers 2] [--skip-tune]
+    python -m bench.overhead [--trials 100] [--workers 2] [--repeat 3] [--skip-tune]
+
+Each round runs every runner once (the order rotating, so none is always first on a machine
+that warms up); the medians over rounds come last: this machine's speed drifts between runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -101,29 +105,49 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each runs every runner once, the order rotating")
     ap.add_argument("--skip-tune", action="store_true")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import ray
 
     ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
+    runners = [("bare Optuna (SQLite, n_jobs)", lambda tmp: bench_optuna(tmp, args.trials, args.workers)),
+               ("optsearch (no MLflow)", lambda tmp: bench_optsearch(tmp, args.trials, args.workers, False)),
+               ("optsearch (with MLflow)", lambda tmp: bench_optsearch(tmp, args.trials, args.workers, True))]
+    if not args.skip_tune:
+        runners.append(("Ray Tune (OptunaSearch+ASHA)", lambda tmp: bench_tune(tmp, args.trials, args.workers)))
+    per: dict[str, list[float]] = {name: [] for name, _ in runners}
+    last: dict[str, tuple[float, int]] = {}
+    print(f"{args.trials} trials x up to {REPORTS} reports x {SLEEP * 1000:.0f} ms, {args.workers} workers, "
+          f"{args.repeat} round(s)")
+    print(f"{'round':>5} {'runner':32} {'wall s':>8} {'reports':>8} {'ideal s':>8} {'overhead s/trial':>17} "
+          f"{'vs Optuna':>10}")
     try:
-        rows = [("bare Optuna (SQLite, n_jobs)", bench_optuna(tmp, args.trials, args.workers)),
-                ("optsearch (no MLflow)", bench_optsearch(tmp, args.trials, args.workers, False)),
-                ("optsearch (with MLflow)", bench_optsearch(tmp, args.trials, args.workers, True))]
-        if not args.skip_tune:
-            rows.append(("Ray Tune (OptunaSearch+ASHA)", bench_tune(tmp, args.trials, args.workers)))
+        for r in range(args.repeat):
+            order = runners[r % len(runners):] + runners[:r % len(runners)]  # none always first
+            tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
+            try:
+                for name, run in order:
+                    last[name] = run(tmp)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            for name, _ in runners:
+                wall, reports = last[name]
+                ideal = reports * SLEEP / args.workers
+                per[name].append((wall - ideal) * args.workers / args.trials)
+            base = per[runners[0][0]][-1]
+            for name, _ in runners:
+                wall, reports = last[name]
+                print(f"{r + 1:5d} {name:32} {wall:8.2f} {reports:8d} {reports * SLEEP / args.workers:8.2f} "
+                      f"{per[name][-1]:17.4f} {per[name][-1] / base:9.2f}x", flush=True)
     finally:
         ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-    ideal = {name: reports * SLEEP / args.workers for name, (_, reports) in rows}
-    per = {name: (wall - ideal[name]) * args.workers / args.trials for name, (wall, _) in rows}
-    base = per[rows[0][0]]
-    print(f"{args.trials} trials x up to {REPORTS} reports x {SLEEP * 1000:.0f} ms, {args.workers} workers")
-    print(f"{'runner':32} {'wall s':>8} {'reports':>8} {'ideal s':>8} {'overhead s/trial':>17} {'vs Optuna':>10}")
-    for name, (wall, reports) in rows:
-        print(f"{name:32} {wall:8.2f} {reports:8d} {ideal[name]:8.2f} {per[name]:17.4f} {per[name] / base:9.2f}x")
+    base = statistics.median(per[runners[0][0]])
+    print(f"\nmedian over {args.repeat} round(s):")
+    for name, _ in runners:
+        med = statistics.median(per[name])
+        print(f"{'':5} {name:32} {'':8} {'':8} {'':8} {med:17.4f} {med / base:9.2f}x")
 
 
 if __name__ == "__main__":

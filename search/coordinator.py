@@ -382,6 +382,7 @@ class Coordinator:
         self.heartbeat.stop()
         if self.sampler:
             self.sampler.stop()
+        trials = self.study.get_trials(deepcopy=False) if self.tracker and best is not None else []
         try:
             self.storage.close()  # every write is in the persistent store before we return
             self.storage.backend.engine.dispose()  # no connection outlives the run (WAL files settle)
@@ -393,7 +394,8 @@ class Coordinator:
                 if best is not None:
                     params = best.user_attrs.get("params", best.params)
                     self.tracker.study_summary(best.number, best.value, params, best.user_attrs.get("build"),
-                                               self.cfg.space.searched(params, best.params))
+                                               self.cfg.space.searched(params, best.params), trials,
+                                               self.study.direction)
                 summary["tracking"] = {**self.tracker.close("KILLED" if interrupted else "FINISHED"),
                                        "uri": self.cfg.tracking.uri}
         return summary

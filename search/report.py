@@ -76,11 +76,12 @@ def schedule_figure(curves: dict[str, list[tuple[int, float]]], title: str):
     return fig
 
 
-def study_figures(storage: str, study_name: str, metric: str = "Objective Value") -> dict[str, Any]:
+def study_figures(trials: list[optuna.trial.FrozenTrial], direction: optuna.study.StudyDirection,
+                  metric: str = "Objective Value") -> dict[str, Any]:
     """The plots people look for on a study's parent run, by Optuna's matplotlib
-    visualisations: the optimisation history, a parallel-coordinates plot of the searched
-    params, and param importances (PED-ANOVA, which takes milliseconds where fANOVA takes a
-    second; when the trials allow it). Names -> figures."""
+    visualisations of a study's ``trials``: the optimisation history, a parallel-coordinates
+    plot of the searched params, and param importances (PED-ANOVA, which takes milliseconds
+    where fANOVA takes a second; when the trials allow it). Names -> figures."""
     import warnings
 
     import matplotlib
@@ -88,7 +89,10 @@ def study_figures(storage: str, study_name: str, metric: str = "Objective Value"
     matplotlib.use("Agg")
     from optuna.visualization import matplotlib as vis
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    storage = optuna.storages.InMemoryStorage()  # the plots need a Study; this one says nothing on creation
+    storage.create_new_study([direction], "plots")
+    study = optuna.load_study(study_name="plots", storage=storage)
+    study.add_trials([t for t in trials if t.state.is_finished()])
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     out: dict[str, Any] = {}
     with warnings.catch_warnings():

@@ -5,14 +5,22 @@ as its own actor process (calls are fire-and-forget and arrive in order), so nei
 MLflow's start-up nor its SQLite commits take the coordinator's time or its GIL; outside
 Ray a thread plays that part (``ThreadedWriter``). Either way ``close`` waits for the
 writes to land.
+
+What a study waits for at its end is kept small (``bench/overhead.py``): a new local store
+is a copy of an empty one MLflow made (``empty_store``), not two seconds of migrations; a
+trial that starts and ends between two batches is three writes; the parent run's plots are
+drawn from the trials the coordinator sends, and what they import is imported while the
+study runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import TrialState
@@ -29,21 +37,26 @@ RETRY_EVERY_S = 5.0  # while MLflow fails, the backlog is retried at most this o
 
 def open_store(uri: str):
     """An ``MlflowClient`` on ``uri``, its store made and usable: a local store that a killed
-    process left half made, holding no runs, is made again (``study.discard_unfinished``)."""
+    process left half made, holding no runs, is made again (``study.discard_unfinished``).
+    A new local store starts as a copy of ``empty_store()``, when one can be had."""
     from mlflow import MlflowClient
 
     from optsearch.search.study import creation_lock, discard_unfinished, open_remaking_empty
 
-    opened = []
+    opened: list[Path | None] = []  # the template each open started from
+    path = urls.sqlite_path(uri)
 
     def open_client() -> MlflowClient:
+        template = None
         if opened:  # again, after the store was deleted: MLflow keeps one engine per URI, on the old file
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
-            if engine is not None:
-                engine.dispose()
-        opened.append(uri)
+            _drop_engine(uri)
+            if opened[-1] is not None:  # a copy of the template failed: made the slow way from now on
+                opened[-1].unlink(missing_ok=True)
+        elif path is not None and not path.exists():
+            template = empty_store()
+            if template is not None:
+                _copy_file(template, path)
+        opened.append(template)
         client = MlflowClient(tracking_uri=uri)
         if urls.is_sqlite(uri):
             client.search_experiments(max_results=1)  # a fresh local store creates its schema here
@@ -52,6 +65,79 @@ def open_store(uri: str):
     with creation_lock(uri):
         discard_unfinished(uri, ("runs",))
         return open_remaking_empty(uri, ("runs",), open_client)
+
+
+def _drop_engine(uri: str) -> None:
+    """Forget MLflow's cached engine for ``uri`` (MLflow keeps one per URI, for the process)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` whole or not at all (a temporary file, then a rename)."""
+    import os
+    import shutil
+
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(source, part)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def cache_dir() -> Path:
+    """optsearch's cache: ``$OPTSEARCH_CACHE``, else ``$XDG_CACHE_HOME/optsearch``, else
+    ``~/.cache/optsearch``."""
+    import os
+
+    if os.environ.get("OPTSEARCH_CACHE"):
+        return Path(os.environ["OPTSEARCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optsearch"
+
+
+def empty_store() -> Path | None:
+    """An empty local MLflow store made by this MLflow version: its tables created and
+    migrated by MLflow itself, without the Default experiment (MLflow makes that at the first
+    open, with the artifact location and time of the store it is in). Made once per MLflow
+    version in ``cache_dir()``; a new local store copied from it opens in a fraction of the
+    two seconds MLflow's migrations take. None when the cache cannot be written."""
+    import os
+    import sqlite3
+
+    import mlflow
+
+    template = cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+    if template.exists():
+        return template
+    part = template.with_name(f".{template.name}.{os.getpid()}.part")
+    url = f"sqlite:///{part}"
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        part.unlink(missing_ok=True)
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=url).search_experiments(max_results=1)
+        _drop_engine(url)
+        with contextlib.closing(sqlite3.connect(part)) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")  # one file, the log folded in
+            tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
+            with conn:
+                for table in ("experiment_tags", "experiments"):
+                    if table in tables:
+                        conn.execute(f"delete from {table} where experiment_id = 0")
+            conn.execute("VACUUM")
+        os.replace(part, template)
+    except Exception as err:  # noqa: BLE001 - the store is then made the slow way
+        log.warning("no empty MLflow store in %s: %s", template.parent, err)
+        return None
+    finally:
+        for leftover in (part, Path(f"{part}-wal"), Path(f"{part}-shm")):
+            leftover.unlink(missing_ok=True)
+    return template
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -89,6 +175,41 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
+def import_importance_without_sklearn() -> None:
+    """Import ``optuna.importance`` with scikit-learn kept out, unless it is in already.
+
+    The package imports scikit-learn's ensemble module for its fANOVA and MDI evaluators
+    (over a second of CPU, most of a small study's summary) though PED-ANOVA, the one the
+    parent run's importance plot uses, needs only numpy. Call it only in a process of its
+    own: there fANOVA and MDI then say scikit-learn failed to import."""
+    import sys
+
+    if "optuna.importance" in sys.modules or "sklearn" in sys.modules:
+        return
+    hidden = ("sklearn", "sklearn.ensemble")
+    for name in hidden:
+        sys.modules[name] = None  # an import of it fails at once, and optuna's try_import notes that
+    try:
+        import optuna.importance  # noqa: F401
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+
+
+def _import_plotting() -> None:
+    """Import what the parent run's plots need while the study runs, not after it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+        import optuna.visualization.matplotlib  # noqa: F401
+
+        import_importance_without_sklearn()
+    except Exception:  # noqa: BLE001, S110 - the summary imports them again and says what fails
+        pass
+
+
 class MlflowWriter:
     """MLflow writes for one invocation of a study (one parent run).
 
@@ -102,11 +223,11 @@ class MlflowWriter:
         """``owner``: the driver's claim (``study.Owner``); the writer ends with the driver."""
         import os
 
+        self.own_process = owner is not None
         if owner is not None:  # its own actor process
             from optsearch.search.study import exit_with
 
             exit_with(owner)
-            os.nice(10)  # background work: trials and the coordinator come first on a busy CPU
 
         for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
             os.environ.setdefault(var, value)  # a tracking server that is down costs seconds, not minutes
@@ -121,12 +242,19 @@ class MlflowWriter:
         self.uri = uri
         self.experiment = experiment
         self.client = open_store(uri)
+        if owner is not None:
+            # Ready. Its start ran at full priority: a writer still starting when the study
+            # ends leaves every run to be written after it. From now on it is background work
+            # (trials and the coordinator come first on a busy CPU).
+            os.nice(10)
+            threading.Thread(target=_import_plotting, daemon=True, name="optsearch-plot-imports").start()
         self.errors: list[str] = []
         self.backlog: list[tuple[str, tuple]] = []
         self._retried = 0.0
         self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self.runs: dict[int, str] = {}
+        self.run_tags: dict[int, dict] = {}  # the tags each open run was created with
         self.recovered: list[str] = []  # runs a crashed invocation left RUNNING, closed at open
         self.backfilled = 0  # finished trials that had no run, logged at open
         self.study = self.storage = None  # set by open
@@ -188,8 +316,12 @@ class MlflowWriter:
         that starts and ends within one batch costs three writes: create, one log_batch, end."""
         self._do("_apply", groups)
 
-    def study_summary(self, number: int, value: float, params: dict, build: dict | None, searched: dict) -> None:
-        self._do("_summary", number, value, params, build, searched)
+    def study_summary(self, number: int, value: float, params: dict, build: dict | None, searched: dict,
+                      trials: list, direction: Any) -> None:
+        """The parent run's summary: the best trial's params, export and schedule, and the
+        study's plots drawn from ``trials`` (the study's trials, as the coordinator holds
+        them: the writer need not open the study's storage)."""
+        self._do("_summary", number, value, params, build, searched, trials, direction)
 
     def close(self, status: str = "FINISHED") -> dict:
         self._do("_close", status)
@@ -286,6 +418,10 @@ class MlflowWriter:
             groups.pop(0)
 
     def _group(self, g: dict) -> None:
+        """One trial's writes. A trial that starts and ends within one batch (most short
+        trials) costs three: its run is created with its final name and tags, one
+        ``log_batch`` (metrics and params), and its end; a trial whose run exists already
+        sends only the tags that changed, and its final name."""
         import json
 
         from mlflow.entities import Metric, Param, RunTag
@@ -293,6 +429,10 @@ class MlflowWriter:
         number = g["number"]
         if self.parent_id is None:
             return
+        final_tags: dict = {}
+        extra: list = []
+        if g["finish"] is not None and not g.get("logged"):
+            extra, final_tags = self._final(g["finish"])
         if number not in self.runs:
             if g["start"] is None:
                 return  # a trial this invocation never opened (its start was lost with a crash)
@@ -300,25 +440,33 @@ class MlflowWriter:
             tags = {"mlflow.parentRunId": self.parent_id, **tags,
                     "optsearch.params": json.dumps(params, sort_keys=True, default=str),
                     "optsearch.optuna_params": json.dumps(sampled, sort_keys=True, default=str)}
+            if final_tags:  # it ended too: created as it ended (name and tags final)
+                name = final_tags.pop("mlflow.runName", name)
+                tags.update({k: str(v) for k, v in final_tags.items()})
+                final_tags = {}
             self.runs[number] = self.client.create_run(self.experiment_id, start_time=_ms(started), tags=tags,
                                                        run_name=name).info.run_id
+            self.run_tags[number] = {**tags, "mlflow.runName": name}
+        elif final_tags:  # only what changed since the run was created
+            known = self.run_tags.get(number, {})
+            final_tags = {k: v for k, v in final_tags.items() if known.get(k) != str(v)}
         run_id = self.runs[number]
         if not g.get("logged"):
             metrics = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
-            params, tags = [], {}
+            params = []
             if g["start"] is not None:
                 flat = flatten(g["start"][0])
                 params = [Param(k, param_text(flat[k])) for k in g["start"][1] if k in flat]
-            if g["finish"] is not None:
-                extra, tags = self._final(g["finish"])
-                metrics += extra
-            if metrics or params or tags:
-                self._batch(run_id, metrics, params=params, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            metrics += extra
+            if metrics or params or final_tags:
+                self._batch(run_id, metrics, params=params,
+                            tags=[RunTag(k, str(v)) for k, v in final_tags.items()])
             g["logged"] = True
         if g["finish"] is not None:
             r = g["finish"]
             self.client.set_terminated(run_id, STATUS[r["state"]], end_time=_ms(r["ended"]))
             del self.runs[number]
+            self.run_tags.pop(number, None)
 
     def _final(self, r: dict) -> tuple[list, dict]:
         """A finished trial's final metrics (every one the trainer returned, the value, the lr
@@ -343,7 +491,7 @@ class MlflowWriter:
             metrics += [Metric(name, float(v), now, int(step)) for name, pts in curves.items() for step, v in pts]
         return metrics, {**r["tags"], "mlflow.runName": r["name"]}
 
-    def _summary(self, number, value, params, build, searched) -> None:
+    def _summary(self, number, value, params, build, searched, trials, direction) -> None:
         import yaml
         from mlflow.entities import Metric, Param, RunTag
 
@@ -371,7 +519,9 @@ class MlflowWriter:
             if curves:
                 figures["best_schedule.png"] = schedule_figure(curves, f"best trial {number}: lr schedule")
         try:
-            figures.update(study_figures(self.storage, self.study, self.metric))
+            if self.own_process:
+                import_importance_without_sklearn()
+            figures.update(study_figures(trials, direction, self.metric))
         except Exception as err:  # noqa: BLE001 - plots are not worth a lost summary
             self._failed("study plots", err)
         flat = flatten(params)
@@ -438,12 +588,13 @@ class Tracker:
 
     Trial events (starts, per-epoch metrics, ends) are buffered and sent as one batch every
     ``flush_every`` seconds by a timer thread of the tracker's own, grouped by trial, so a
-    study's hundreds of events become a few writes (``MlflowWriter.apply``) and nothing waits
-    longer than that to show in MLflow.
+    study's hundreds of events become a few calls to the writer (``MlflowWriter.apply``),
+    nothing waits longer than that to show in MLflow, and little is left to write when the
+    study ends.
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str], config_text: str | None,
-                 actor: Any = None, flush_every: float = 1.0, before: list[int] = (), description: str = "",
+                 actor: Any = None, flush_every: float = 0.25, before: list[int] = (), description: str = "",
                  started: float | None = None):
         import ray
 

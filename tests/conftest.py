@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # A fresh local Ray for this session and the CLIs it starts, never a cluster that happens to be
 # running on the machine (`ray start`, another test session): ray.init() would join that.
 os.environ.setdefault("RAY_ADDRESS", "local")
+# optsearch's cache (the empty MLflow store that new local stores copy): the session's own
+os.environ.setdefault("OPTSEARCH_CACHE", tempfile.mkdtemp(prefix="optsearch-test-cache-"))
 
 
 @pytest.fixture(scope="session")

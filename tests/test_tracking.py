@@ -167,3 +167,138 @@ def test_a_broken_store_that_holds_runs_is_never_deleted(tmp_path):
     assert _py(OPEN_OURS, uri).returncode != 0  # refused, not remade
     with sqlite3.connect(tmp_path / "m.db") as conn:
         assert conn.execute("select count(*) from runs").fetchone()[0] == 1
+
+
+# --- a new local store is a copy of an empty one MLflow made -----------------------------
+def _dump(path) -> tuple[dict, dict]:
+    """A store's schema (each statement's lines as a set: alembic's batch migrations write a
+    table's constraints in no fixed order) and every table's rows."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        schema = {name: frozenset(line.strip().rstrip(",") for line in (sql or "").splitlines())
+                  for name, sql in conn.execute("select name, sql from sqlite_master")}
+        rows = {name: conn.execute(f'select * from "{name}"').fetchall() for name in schema
+                if conn.execute("select type from sqlite_master where name = ?", (name,)).fetchone()[0] == "table"}
+    return schema, rows
+
+
+def mlflow_version() -> str:
+    import mlflow
+
+    return mlflow.__version__
+
+
+def test_a_store_copied_from_the_empty_one_is_the_store_mlflow_makes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # the Default experiment's artifacts go beside the cwd
+    assert _py(OPEN_MLFLOW, f"sqlite:///{tmp_path}/theirs.db").returncode == 0
+    ours = _py("import sys; from optsearch.search.tracking import open_store; open_store(sys.argv[1])",
+               f"sqlite:///{tmp_path}/ours.db")
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "cache").glob("*.db")] == [f"mlflow-{mlflow_version()}-empty.db"]
+    (their_schema, their_rows), (our_schema, our_rows) = _dump(tmp_path / "theirs.db"), _dump(tmp_path / "ours.db")
+    assert our_schema == their_schema
+
+    def untimed(rows: dict) -> dict:  # experiments' creation_time, last_update_time: when each was made
+        return {t: [r[:4] + r[6:] for r in v] if t == "experiments" else v for t, v in rows.items()}
+
+    assert untimed(our_rows) == untimed(their_rows)
+    assert [r[:4] for r in our_rows["experiments"]] == [(0, "Default", str(tmp_path / "mlruns" / "0"), "active")]
+
+
+def test_a_template_mlflow_refuses_is_dropped_and_the_store_made_the_slow_way(tmp_path, monkeypatch):
+    import mlflow
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("OPTSEARCH_CACHE", str(cache))
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    cache.mkdir()
+    assert _py(OPEN_MLFLOW, f"sqlite:///{template}").returncode == 0
+    _set_back(template)  # a template a step behind the schema (another build of this version)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ours = _py(OPEN_OURS, uri)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert not template.exists()
+    assert _py(OPEN_MLFLOW, uri).returncode == 0  # at the current schema, MLflow itself says
+
+
+IMPORTANCES = """
+import json, sys
+import optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+if sys.argv[1] == "without":
+    from optsearch.search.tracking import import_importance_without_sklearn
+    import_importance_without_sklearn()
+study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+study.optimize(lambda t: 10 * t.suggest_float("x", 0, 1) ** 2 + t.suggest_float("y", 0, 1), n_trials=40)
+out = {"ped": optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())}
+out["sklearn"] = "sklearn" in sys.modules
+try:
+    optuna.importance.FanovaImportanceEvaluator()
+    out["fanova"] = "available"
+except ImportError:
+    out["fanova"] = "unavailable"
+print(json.dumps(out))
+"""
+
+
+def test_the_writer_computes_ped_anova_importances_without_importing_sklearn():
+    def run(how: str) -> dict:
+        done = subprocess.run([sys.executable, "-c", IMPORTANCES, how], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+
+    plain, without = run("plain"), run("without")
+    assert plain["sklearn"] and plain["fanova"] == "available"  # the control: optuna.importance imports it
+    assert not without["sklearn"] and without["fanova"] == "unavailable"  # as the docstring says
+    assert without["ped"] == plain["ped"] and without["ped"]["x"] > without["ped"]["y"]
+
+
+def test_a_trial_written_in_one_batch_or_across_batches_ends_with_the_same_run(tmp_path, monkeypatch):
+    """The writer creates a run that starts and ends within one batch with its final name and
+    tags; a run that exists already gets only its changes. Either way the run is the trial's."""
+    from optsearch.search.tracking import MlflowWriter
+
+    monkeypatch.setenv("OPTSEARCH_CACHE", str(tmp_path / "cache"))
+    writer = MlflowWriter(f"sqlite:///{tmp_path}/m.db", "e")
+    writer.open("parent", {"optsearch.study": "s", "optsearch.storage": "sqlite://", "optsearch.metric": "acc"},
+                None, [], "", 1000.0)
+
+    def start(n: int) -> tuple:
+        params = {"optimizer": {"name": "adamw", "lr": 0.000123456789, "eps": 1e-8}}
+        return (params, {"optimizer.lr": "adamw.lr"}, {"adamw.lr": 0.000123456789},
+                {"optsearch.study": "s", "optsearch.trial_number": str(n)}, 1000.0 + n, f"t{n} adamw+cosine")
+
+    def finish(n: int, state: TrialState, name: str, ended: float) -> dict:
+        return {"number": n, "state": state, "value": 0.5 if state == TrialState.COMPLETE else None,
+                "metrics": {"wall_time_s": ended - 1000.0 - n}, "tags": {"optsearch.state": state.name.lower()},
+                "name": name, "params": None, "build": None, "ended": ended, "epochs_run": 2, "last_step": 2}
+
+    writer.apply([{"number": 0, "start": start(0), "points": [(1, {"acc": 0.25}, 1_000_500)],
+                   "finish": finish(0, TrialState.COMPLETE, "t0 adamw+cosine", 1003.0)},
+                  {"number": 1, "start": start(1), "points": [(1, {"acc": 0.1}, 1_001_500)], "finish": None}])
+    running = writer.client.get_run(writer.runs[1])
+    assert running.info.status == "RUNNING" and running.info.run_name == "t1 adamw+cosine"
+    writer.apply([{"number": 1, "start": None, "points": [(2, {"acc": 0.05}, 1_002_500)],
+                   "finish": finish(1, TrialState.PRUNED, "t1 adamw+cosine (pruned @2)", 1004.5)}])
+    writer.close()
+
+    runs = {r.data.tags["optsearch.trial_number"]: r
+            for r in writer.client.search_runs([writer.experiment_id], "tags.optsearch.trial_number != ''")}
+    first, second = runs["0"], runs["1"]
+    assert (first.info.run_name, first.info.status, first.data.tags["optsearch.state"]) == \
+        ("t0 adamw+cosine", "FINISHED", "complete")
+    assert (second.info.run_name, second.info.status, second.data.tags["optsearch.state"]) == \
+        ("t1 adamw+cosine (pruned @2)", "FINISHED", "pruned")
+    assert second.data.tags["mlflow.runName"] == "t1 adamw+cosine (pruned @2)"
+    assert (first.info.start_time, first.info.end_time) == (1_000_000, 1_003_000)
+    assert (second.info.start_time, second.info.end_time) == (1_001_000, 1_004_500)
+    for r in (first, second):
+        assert r.data.params == {"optimizer.lr": "0.000123457"}
+        assert r.data.tags["mlflow.parentRunId"] == writer.parent_id
+    assert first.data.metrics == {"acc": 0.25, "wall_time_s": 3.0, "value": 0.5}
+    assert second.data.metrics == {"acc": 0.05, "wall_time_s": 3.5}
+    history = writer.client.get_metric_history(second.info.run_id, "acc")
+    assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.05)]
