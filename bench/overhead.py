@@ -8,16 +8,20 @@ MLflow store, worker processes) counts: it is part of what a user waits for.
 
     python -m bench.overhead [--trials 100] [--workers 2] [--repeat 3] [--skip-tune]
 
-Each round runs every runner once (the order rotating, so none is always first on a machine
-that warms up); the medians over rounds come last: this machine's speed drifts between runs.
+Each round runs every runner once, in a fresh Python process (as a user runs one study per
+process: no runner finds imports another left warm); the medians over rounds come last, since
+this machine's speed drifts between runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -101,52 +105,66 @@ def bench_tune(tmp: str, trials: int, workers: int) -> float:
     return wall, int(sum(r.metrics.get("training_iteration", 0) for r in results))
 
 
+RUNNERS = ("bare Optuna (SQLite, n_jobs)", "optsearch (no MLflow)", "optsearch (with MLflow)",
+           "Ray Tune (OptunaSearch+ASHA)")
+
+
+def one_round(trials: int, workers: int, skip_tune: bool) -> dict[str, tuple[float, int]]:
+    """Every runner once, in this order, in this process (Ray started before, not timed)."""
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
+    try:
+        out = {RUNNERS[0]: bench_optuna(tmp, trials, workers),
+               RUNNERS[1]: bench_optsearch(tmp, trials, workers, False),
+               RUNNERS[2]: bench_optsearch(tmp, trials, workers, True)}
+        if not skip_tune:
+            out[RUNNERS[3]] = bench_tune(tmp, trials, workers)
+        return out
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="rounds; each runs every runner once, the order rotating")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds, each in a fresh Python process")
     ap.add_argument("--skip-tune", action="store_true")
+    ap.add_argument("--round-json", help=argparse.SUPPRESS)  # internal: run one round, write its figures here
     args = ap.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import ray
-
-    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    runners = [("bare Optuna (SQLite, n_jobs)", lambda tmp: bench_optuna(tmp, args.trials, args.workers)),
-               ("optsearch (no MLflow)", lambda tmp: bench_optsearch(tmp, args.trials, args.workers, False)),
-               ("optsearch (with MLflow)", lambda tmp: bench_optsearch(tmp, args.trials, args.workers, True))]
-    if not args.skip_tune:
-        runners.append(("Ray Tune (OptunaSearch+ASHA)", lambda tmp: bench_tune(tmp, args.trials, args.workers)))
-    per: dict[str, list[float]] = {name: [] for name, _ in runners}
-    last: dict[str, tuple[float, int]] = {}
+    if args.round_json:
+        with open(args.round_json, "w") as f:
+            json.dump(one_round(args.trials, args.workers, args.skip_tune), f)
+        return
     print(f"{args.trials} trials x up to {REPORTS} reports x {SLEEP * 1000:.0f} ms, {args.workers} workers, "
           f"{args.repeat} round(s)")
     print(f"{'round':>5} {'runner':32} {'wall s':>8} {'reports':>8} {'ideal s':>8} {'overhead s/trial':>17} "
           f"{'vs Optuna':>10}")
-    try:
-        for r in range(args.repeat):
-            order = runners[r % len(runners):] + runners[:r % len(runners)]  # none always first
-            tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
-            try:
-                for name, run in order:
-                    last[name] = run(tmp)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            for name, _ in runners:
-                wall, reports = last[name]
-                ideal = reports * SLEEP / args.workers
-                per[name].append((wall - ideal) * args.workers / args.trials)
-            base = per[runners[0][0]][-1]
-            for name, _ in runners:
-                wall, reports = last[name]
-                print(f"{r + 1:5d} {name:32} {wall:8.2f} {reports:8d} {reports * SLEEP / args.workers:8.2f} "
-                      f"{per[name][-1]:17.4f} {per[name][-1] / base:9.2f}x", flush=True)
-    finally:
-        ray.shutdown()
-    base = statistics.median(per[runners[0][0]])
+    per: dict[str, list[float]] = {}
+    for r in range(args.repeat):
+        # A fresh process per round, as a user runs one study per process: no runner finds
+        # the imports and caches another left warm.
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            cmd = [sys.executable, "-m", "bench.overhead", "--trials", str(args.trials), "--workers",
+                   str(args.workers), "--round-json", out.name] + (["--skip-tune"] if args.skip_tune else [])
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            rows = json.load(open(out.name))
+        base = None
+        for name, (wall, reports) in rows.items():
+            ideal = reports * SLEEP / args.workers
+            overhead = (wall - ideal) * args.workers / args.trials
+            base = overhead if base is None else base
+            per.setdefault(name, []).append(overhead)
+            print(f"{r + 1:5d} {name:32} {wall:8.2f} {reports:8d} {ideal:8.2f} {overhead:17.4f} "
+                  f"{overhead / base:9.2f}x", flush=True)
+    base = statistics.median(per[RUNNERS[0]])
     print(f"\nmedian over {args.repeat} round(s):")
-    for name, _ in runners:
-        med = statistics.median(per[name])
+    for name, values in per.items():
+        med = statistics.median(values)
         print(f"{'':5} {name:32} {'':8} {'':8} {'':8} {med:17.4f} {med / base:9.2f}x")
 
 
