@@ -382,7 +382,14 @@ class Coordinator:
         self.heartbeat.stop()
         if self.sampler:
             self.sampler.stop()
-        trials = self.study.get_trials(deepcopy=False) if self.tracker and best is not None else []
+        if self.tracker and best is not None:  # the writer draws it from these trials while the storage saves
+            try:
+                params = best.user_attrs.get("params", best.params)
+                self.tracker.study_summary(best.number, best.value, params, best.user_attrs.get("build"),
+                                           self.cfg.space.searched(params, best.params),
+                                           self.study.get_trials(deepcopy=False), self.study.direction)
+            except Exception as err:  # noqa: BLE001 - said in the summary; the study's result stands
+                summary["errors"].append(f"the MLflow summary: {type(err).__name__}: {err}")
         try:
             self.storage.close()  # every write is in the persistent store before we return
             self.storage.backend.engine.dispose()  # no connection outlives the run (WAL files settle)
@@ -391,11 +398,6 @@ class Coordinator:
             summary["errors"].append(f"saving to {self.cfg.study.storage}: {err}")
         finally:
             if self.tracker:
-                if best is not None:
-                    params = best.user_attrs.get("params", best.params)
-                    self.tracker.study_summary(best.number, best.value, params, best.user_attrs.get("build"),
-                                               self.cfg.space.searched(params, best.params), trials,
-                                               self.study.direction)
                 summary["tracking"] = {**self.tracker.close("KILLED" if interrupted else "FINISHED"),
                                        "uri": self.cfg.tracking.uri}
         return summary

@@ -316,6 +316,31 @@ def test_one_process_at_a_time_runs_a_study(ray_cluster, tmp_path, monkeypatch, 
     assert "optsearch.owner" not in optuna.load_study(study_name="quickstart", storage=url).user_attrs
 
 
+MODULES_PROBE = '''
+import sys
+
+def fit(params, ctx):
+    ctx.report(1, {"val_acc": 0.5})
+    main = getattr(sys.modules["__main__"], "__file__", None) or ""
+    return {"val_acc": 0.5, "has_ray": float("ray" in sys.modules), "ran_main": float(main.endswith(".py"))}
+'''
+
+
+def test_a_trainer_process_imports_neither_ray_nor_the_actors_main_script(ray_cluster, tmp_path, monkeypatch):
+    """multiprocessing's spawn would run the Ray actor's main script (Ray's worker) again in
+    the trainer process, as its main module; it is kept out, and so is Ray."""
+    (tmp_path / "probe_mod.py").write_text(MODULES_PROBE)
+    monkeypatch.chdir(tmp_path)
+    doc = digits_config(tmp_path, n_trials=2, pruner={"name": "none"})
+    doc["trainer"] = {"target": "probe_mod:fit"}
+    doc["tracking"]["enabled"] = False
+    run_study(load_doc(doc, tmp_path))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for t in study.trials:
+        assert (t.user_attrs["final_has_ray"], t.user_attrs["final_ran_main"]) == (0.0, 0.0)
+
+
 FREED_PROBE = r"""
 import sys
 from optsearch.search.workers import return_freed_memory
