@@ -162,10 +162,12 @@ def main() -> None:
             print(f"{r + 1:5d} {name:32} {wall:8.2f} {reports:8d} {ideal:8.2f} {overhead:17.4f} "
                   f"{overhead / base:9.2f}x", flush=True)
     base = statistics.median(per[RUNNERS[0]])
-    print(f"\nmedian over {args.repeat} round(s):")
+    print(f"\nmedian over {args.repeat} round(s): of the overheads, their ratio; and of each round's own ratio "
+          "(paired: the runners of a round ran back to back)")
     for name, values in per.items():
         med = statistics.median(values)
-        print(f"{'':5} {name:32} {'':8} {'':8} {'':8} {med:17.4f} {med / base:9.2f}x")
+        paired = statistics.median(v / b for v, b in zip(values, per[RUNNERS[0]]))
+        print(f"{'':5} {name:32} {'':8} {'':8} {'':8} {med:17.4f} {med / base:9.2f}x {paired:9.2f}x paired")
 
 
 if __name__ == "__main__":
