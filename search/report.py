@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -89,8 +90,14 @@ def study_figures(trials: list[optuna.trial.FrozenTrial], direction: optuna.stud
     matplotlib.use("Agg")
     from optuna.visualization import matplotlib as vis
 
-    storage = optuna.storages.InMemoryStorage()  # the plots need a Study; this one says nothing on creation
-    storage.create_new_study([direction], "plots")
+    storage = optuna.storages.InMemoryStorage()  # the plots need a Study
+    creation = logging.getLogger(optuna.storages.InMemoryStorage.__module__)
+    level = creation.level
+    creation.setLevel(logging.WARNING)  # not "A new study created in memory" in the user's terminal
+    try:
+        storage.create_new_study([direction], "plots")
+    finally:
+        creation.setLevel(level)
     study = optuna.load_study(study_name="plots", storage=storage)
     study.add_trials([t for t in trials if t.state.is_finished()])
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -196,6 +196,7 @@ def test_quickstart_cli_acceptance(tmp_path):
     assert len(parents) == 1 and len(trials) == 24
     assert any(r.data.tags["optsearch.state"] == "pruned" for r in trials)
     assert "workflowType=machine_learning" in proc.stdout
+    assert "created in memory" not in proc.stdout + proc.stderr  # the plots' study says nothing
 
 
 @pytest.mark.slow
