@@ -90,6 +90,11 @@ def serve(conn, trainer: tuple, threads: int, sys_path: list[str], parent: int, 
             sys.path.insert(0, p)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read by torch when it loads
         os.environ[var] = str(threads)
+    # OpenMP threads that wait for each other by spinning stall when another process holds
+    # one of their cores: a digits study on 2 busy cores finished no trial in 40 s, where
+    # with passive waiting it finished 13 in 33 s. On idle cores passive waiting cost a
+    # digits trial 0.60 s against 0.50 s (BENCHMARKS.md section 1). A user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from optsearch.trainers.base import TrialContext, TrialFailed, seed_everything
     from optsearch.trainers.registry import load_trainer
 
