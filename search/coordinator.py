@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,11 +112,12 @@ class SampleAhead:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="optsearch-sample-ahead")
         self._thread.start()
 
-    def ask(self) -> optuna.Trial:
+    def ask(self, take: Callable[[], Running]) -> Running:
+        """``take()``: the coordinator's pop of the next trial (``Coordinator._take``)."""
         with self._lock:
-            trial = self.c.study.ask()
+            running = take()
         self._wake.set()
-        return trial
+        return running
 
     def observe(self, ask_s: float | None = None, trial_s: float | None = None) -> None:
         """``auto``: a plain ask's sampling time, or a finished trial's duration."""
@@ -139,11 +141,13 @@ class SampleAhead:
             self._wake.clear()
             while self.engaged and not self._stop.is_set() and not self.c.stopping:
                 with self._lock:
-                    waiting = self._waiting()
-                    if waiting >= self.depth or self.c.counted + len(self.c.running) + waiting >= self.c.cfg.study.n_trials:
-                        break
-                    tid = self.c.storage.create_new_trial(self.study_id,
-                                                          optuna.trial.create_trial(state=TrialState.WAITING))
+                    with self.c.budget:  # counted, running and waiting as one
+                        waiting = self._waiting()
+                        if (waiting >= self.depth
+                                or self.c.counted + len(self.c.running) + waiting >= self.c.cfg.study.n_trials):
+                            break
+                        tid = self.c.storage.create_new_trial(self.study_id,
+                                                              optuna.trial.create_trial(state=TrialState.WAITING))
                     # Optuna makes Trial objects in Study.ask(); building one here for a WAITING
                     # trial is the only way to have its sampler suggest params before it runs.
                     trial = optuna.trial.Trial(self.c.study, tid)
@@ -174,6 +178,9 @@ class Coordinator:
         self.counted_before = studies.counted(self.study)
         self.running: dict[int, Running] = {}
         self.tally: Counter = Counter()  # this run: complete, pruned, failed (counted), retried
+        # Held while running or tally change, and while the sample-ahead thread reads them to
+        # queue a trial: the budget it sees is never one short.
+        self.budget = threading.RLock()
         self.finished_by_slot: Counter = Counter()  # trials each worker slot finished since its last loss
         self.notes: list[str] = []  # what the summary must say: failures, given-up params
         self.stopping = False
@@ -208,9 +215,8 @@ class Coordinator:
         Queued trials (retries) come before new points."""
         while not self.stopping and self.counted + len(self.running) < self.cfg.study.n_trials:
             t0 = time.perf_counter()
-            trial = self.sampler.ask() if self.sampler else self.study.ask()
-            attempt = trial.user_attrs.get(studies.ATTEMPT, 0)
-            running = Running(trial, slot, {}, attempt, time.time())
+            running = self.sampler.ask(lambda: self._take(slot)) if self.sampler else self._take(slot)
+            trial, attempt = running.trial, running.attempt
             try:
                 params = self.cfg.space.sample(trial)
             except Exception as err:  # noqa: BLE001 - a sampled point the space rejects: record, go on
@@ -220,7 +226,6 @@ class Coordinator:
                 self.sampler.observe(ask_s=time.perf_counter() - t0)  # a new point: the sampler ran
             running.params = params
             trial.set_user_attr("params", params)
-            self.running[trial.number] = running
             if self.tracker:
                 searched = self.cfg.space.searched(params, trial.params)
                 self.tracker.trial_started(trial.number, params, searched, dict(trial.params),
@@ -228,6 +233,15 @@ class Coordinator:
             first = trial.user_attrs.get(studies.RETRY_OF, trial.number)  # a retry runs with the same seed
             return Job(trial.number, params, trial_seed(self.cfg.study.seed, first), attempt)
         return None
+
+    def _take(self, slot: int) -> Running:
+        """The next trial (a queued one first), running from now: popped from the queue and
+        entered in ``running`` as one step under ``budget``, as ``_record`` leaves it."""
+        with self.budget:
+            trial = self.study.ask()
+            running = Running(trial, slot, {}, trial.user_attrs.get(studies.ATTEMPT, 0), time.time())
+            self.running[trial.number] = running
+        return running
 
     def report(self, number: int, step: int, metrics: dict[str, float], build: dict | None = None) -> Answer:
         """Record one epoch's metrics; the answer says whether to go on, prune or fail.
@@ -288,7 +302,6 @@ class Coordinator:
     def _record(self, run: Running, outcome: Outcome) -> None:
         """Tell Optuna (and MLflow) how ``run`` ended; retry its params when the
         infrastructure failed it and attempts are left."""
-        self.running.pop(run.trial.number, None)
         trial, state = run.trial, outcome.state
         if self.sampler and state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.sampler.observe(trial_s=time.time() - run.started)
@@ -320,8 +333,10 @@ class Coordinator:
         self.study.tell(trial, value, state=state)
         if retried:
             studies.requeue(self.study, trial, attempt)
-        self.tally["retried" if retried else {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
-                                              TrialState.FAIL: "failed"}[state]] += 1
+        with self.budget:  # leaves running and is counted as one step (the sample-ahead thread reads both)
+            self.running.pop(trial.number, None)
+            self.tally["retried" if retried else {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+                                                  TrialState.FAIL: "failed"}[state]] += 1
         if value is not None and (self.best is None or (value > self.best) == (self.cfg.study.direction == "maximize")):
             self.best = value
         if self.tracker:

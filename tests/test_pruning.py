@@ -168,3 +168,44 @@ def test_sample_ahead_auto_starts_only_when_sampling_costs_a_worker_time(tmp_pat
     finally:
         coord.close()
         studies.release_claim(cfg.study, prepared.owner)
+
+
+def test_sample_ahead_never_queues_a_trial_past_the_budget(tmp_path):
+    """The sample-ahead thread checks the budget (counted + running + waiting) while the
+    coordinator hands out and records trials. A trial just popped from the queue but not yet
+    running, or one removed from running but not yet counted, once made the budget look one
+    short, and a trial beyond it was queued (a study of 6 held 7). Frequent thread switches
+    make such a window show; the budget must hold exactly."""
+    import sys
+
+    from optuna.trial import TrialState
+
+    from optsearch.search import config
+    from optsearch.search import study as studies
+    from optsearch.search.coordinator import Coordinator
+    from optsearch.search.protocol import Outcome
+    from tests.conftest import digits_config
+
+    n = 60
+    doc = digits_config(tmp_path, n_trials=n, sampler={"name": "random", "seed": 0})
+    doc["study"]["sample_ahead"] = True
+    doc["tracking"] = {"enabled": False}
+    cfg = config.validate(doc, str(tmp_path / "c.yaml"), tmp_path)
+    prepared = studies.prepare(cfg)
+    coord = Coordinator(cfg, prepared.owner)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        held = [coord.ask(0), coord.ask(1)]  # two workers
+        while held:
+            job = held.pop(0)
+            coord.finish(job.number, Outcome(TrialState.COMPLETE, {"val_acc": 0.5}))
+            nxt = coord.ask(job.number % 2)
+            if nxt is not None:
+                held.append(nxt)
+    finally:
+        sys.setswitchinterval(interval)
+        coord.close()
+        studies.release_claim(cfg.study, prepared.owner)
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * n
