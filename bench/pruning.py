@@ -80,6 +80,9 @@ def main() -> None:
         PRUNERS[name] = yaml.safe_load(spec)
     import ray
 
+    from optsearch.search.run import local_ray_defaults
+
+    local_ray_defaults()  # as optsearch starts its Ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     tmp = tempfile.mkdtemp(prefix="optsearch-pruning-")
     results: dict[str, list] = {p: [] for p in PRUNERS}

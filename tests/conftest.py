@@ -24,6 +24,9 @@ def ray_cluster():
     """One real local Ray for the session (2 CPUs, as on CI)."""
     import ray
 
+    from optsearch.search.run import local_ray_defaults
+
+    local_ray_defaults()  # as the CLI starts its Ray: workers at normal priority
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()

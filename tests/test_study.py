@@ -342,6 +342,32 @@ def test_a_trainer_process_imports_neither_ray_nor_the_actors_main_script(ray_cl
         assert (t.user_attrs["final_has_ray"], t.user_attrs["final_ran_main"]) == (0.0, 0.0)
 
 
+NICE_PROBE = '''
+import os
+
+def fit(params, ctx):
+    ctx.report(1, {"val_acc": 0.5})
+    return {"val_acc": 0.5, "nice": float(os.nice(0))}
+'''
+
+
+def test_trials_run_at_the_drivers_priority_not_rays_background_one(tmp_path):
+    """Ray starts its workers at niceness 15 (RAY_worker_niceness) unless told otherwise,
+    where trials starve beside any busy process (a quickstart beside two finished no trial in
+    120 s). The Ray that the CLI starts runs them at 0: the trainer process says so."""
+    (tmp_path / "nice_mod.py").write_text(NICE_PROBE)
+    doc = digits_config(tmp_path, n_trials=1, pruner={"name": "none"})
+    doc["trainer"] = {"target": "nice_mod:fit"}
+    doc["tracking"]["enabled"] = False
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(doc))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}  # not the test session's
+    proc = subprocess.run([sys.executable, "-m", "optsearch", "study", "c.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (trial,) = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/optsearch.db").trials
+    assert trial.user_attrs["final_nice"] == float(os.nice(0))  # the driver's (this test's) own
+
+
 @pytest.mark.slow
 def test_a_study_keeps_going_when_another_process_holds_a_core(ray_cluster, tmp_path):
     """Trainer threads that spin while they wait for each other stall when a core is taken:
