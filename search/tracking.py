@@ -25,6 +25,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from optsearch.cache import cache_dir
 from optsearch.search import urls
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,6 @@ def _copy_file(source: Path, target: Path) -> None:
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
-
-
-def cache_dir() -> Path:
-    """optsearch's cache: ``$OPTSEARCH_CACHE``, else ``$XDG_CACHE_HOME/optsearch``, else
-    ``~/.cache/optsearch``."""
-    import os
-
-    if os.environ.get("OPTSEARCH_CACHE"):
-        return Path(os.environ["OPTSEARCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optsearch"
 
 
 def empty_store() -> Path | None:

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from optsearch.errors import ConfigError
-from optsearch.trainers import data as cifar_data
 from optsearch.trainers.base import TrialContext, options_from
 from optsearch.trainers.cifar10 import AirbenchNet, Cifar10Options, Cifar10Trainer, augmented_batch
 from optsearch.trainers.data import load_cifar10, split_indices, subset_indices
@@ -98,7 +97,7 @@ def test_cache_written_and_second_load_skips_decoding(cifar, cache_dir):
 def test_image_folder_source_and_cache_placement(cifar, tmp_path, monkeypatch):
     """A folder of lossless PNGs of real CIFAR images decodes back to the same pixels."""
     arrays, _ = cifar
-    monkeypatch.setattr(cifar_data, "DEFAULT_CACHE_DIR", str(tmp_path / "default-cache"))
+    monkeypatch.setenv("OPTSEARCH_CACHE", str(tmp_path / "cache"))  # the default cache: cifar10/ in it
     from PIL import Image
 
     folder = tmp_path / "pngs"
@@ -127,7 +126,7 @@ def test_image_folder_source_and_cache_placement(cifar, tmp_path, monkeypatch):
     readonly.chmod(0o555)
     try:
         again = load_cifar10(readonly)
-        assert again.cache_path.parent == tmp_path / "default-cache"  # read-only: the fallback
+        assert again.cache_path.parent == tmp_path / "cache" / "cifar10"  # read-only: the fallback
         assert torch.equal(again.test_images, picks["test"][0])
         explicit = tmp_path / "explicit"
         assert load_cifar10(readonly, cache_dir=explicit).from_cache  # found in the default

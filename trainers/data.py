@@ -13,7 +13,8 @@ int64 for the 50,000 training and 10,000 test images, classes in sorted order (t
 Images are decoded in-process (``decode_images``: libjpeg-turbo through torchvision for JPEGs,
 PIL for anything else) and cached as one ``.pt`` file (``torch.load(weights_only=True)``),
 keyed by the source's path, size and mtime. It goes to ``cache_dir`` when one is given, else
-next to the data when that folder is writable, else to ``~/.cache/optsearch/cifar10``; a load
+next to the data when that folder is writable, else to ``default_cache_dir()`` (``cifar10/``
+in optsearch's cache, ``~/.cache/optsearch`` unless ``$OPTSEARCH_CACHE`` says otherwise); a load
 looks in all three. The cache is written atomically (temporary file, then ``os.replace``), so
 concurrent workers never read a half-written file.
 
@@ -34,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from optsearch.cache import cache_dir
 from optsearch.errors import ConfigError
 
 DEFAULT_ROOT = "~/.cache/optsearch/cifar10"
-DEFAULT_CACHE_DIR = "~/.cache/optsearch/cifar10"
 ARCHIVE_SUFFIXES = (".tar", ".tar.xz", ".txz", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 CACHE_FORMAT = 1  # bump when the cached layout changes
@@ -228,17 +229,23 @@ def _write_cache(path: Path, data: dict) -> None:
         raise
 
 
+def default_cache_dir() -> Path:
+    """``cifar10/`` in optsearch's cache (``optsearch.cache.cache_dir``: ``$OPTSEARCH_CACHE``,
+    else ``$XDG_CACHE_HOME/optsearch``, else ``~/.cache/optsearch``)."""
+    return cache_dir() / "cifar10"
+
+
 def cache_paths(source: Path, key: str, cache_dir: str | os.PathLike | None = None) -> list[Path]:
     """Where a decoded copy of ``source`` may live, in the order they are read and written.
 
     An explicit ``cache_dir`` comes first; then beside the data (inside an image folder, next
-    to an archive); then the default ``~/.cache/optsearch/cifar10``. Writing skips the
+    to an archive); then ``default_cache_dir()``. Writing skips the
     place beside the data when its folder is not writable (or marked read-only).
     """
     beside = source if source.is_dir() else source.parent
     name = _cache_name(key) if source.is_dir() else f"{source.name}.{_cache_name(key)}"
     folders = [Path(os.path.expanduser(str(cache_dir)))] if cache_dir else []
-    folders += [beside, Path(os.path.expanduser(DEFAULT_CACHE_DIR))]
+    folders += [beside, default_cache_dir()]
     paths: list[Path] = []
     for folder in folders:
         if folder / name not in paths:
