@@ -11,8 +11,10 @@ the study stops and says how far it got.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections import Counter
 
 import ray
@@ -153,6 +155,36 @@ def _run(cfg: Config, prepared: studies.Prepared, workers: int | None, console: 
     return summary
 
 
+class CtrlC:
+    """The driver's SIGINT handler while a run works: the first Ctrl-C asks for a graceful
+    stop, which the driver's loop acts on at its next poll (``check``); a second leaves at
+    once (``KeyboardInterrupt``). The first raises nothing where it lands: inside Ray's
+    calls, a ``KeyboardInterrupt`` could be lost, and a CI run's study went on to its end
+    after one. Installed from the main thread only (elsewhere Python has no handlers)."""
+
+    def __init__(self) -> None:
+        self.pressed = 0
+        self._previous = None
+
+    def __call__(self, signum, frame) -> None:  # noqa: ANN001
+        self.pressed += 1
+        if self.pressed > 1:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def work(cfg: Config, coord, placement: Placement, n: int, left: int, console: Console, poll: float,
          intro: str, label: str = "trials") -> tuple[dict, bool]:
     """Start ``n`` workers on ``coord`` (a coordinator actor: ``Coordinator``, or one serving
@@ -174,26 +206,27 @@ def work(cfg: Config, coord, placement: Placement, n: int, left: int, console: C
     fatal: ConfigError | None = None
     summary: dict = {}
     lost_coordinator = None
-    try:
-        console.print(intro)
-        fatal = _drive(coord, slots, spawn, console, poll, left, placement, label)
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at the "
-                      "next start[/]")
-    except ray.exceptions.RayActorError as err:  # the coordinator itself died
-        lost_coordinator = err
-    finally:
-        for a in slots:
-            if a is not None:
-                ray.kill(a)
+    with CtrlC() as ctrl_c:
         try:
-            summary = ray.get(coord.close.remote(interrupted))
-        except KeyboardInterrupt:  # a second Ctrl-C: leave now; the next start recovers the rest
+            console.print(intro)
+            fatal = _drive(coord, slots, spawn, console, poll, left, placement, label, ctrl_c)
+        except KeyboardInterrupt:
             interrupted = True
-        except ray.exceptions.RayError as err:
-            lost_coordinator = lost_coordinator or err
-        ray.kill(coord)
+            console.print("[yellow]interrupted: stopping; finished trials are kept, running ones run again at "
+                          "the next start[/]")
+        except ray.exceptions.RayActorError as err:  # the coordinator itself died
+            lost_coordinator = err
+        finally:
+            for a in slots:
+                if a is not None:
+                    ray.kill(a)
+            try:
+                summary = ray.get(coord.close.remote(interrupted))
+            except KeyboardInterrupt:  # a second Ctrl-C: leave now; the next start recovers the rest
+                interrupted = True
+            except ray.exceptions.RayError as err:
+                lost_coordinator = lost_coordinator or err
+            ray.kill(coord)
     if fatal is not None:
         raise fatal
     if lost_coordinator is not None:
@@ -221,7 +254,7 @@ def _room(placement: Placement) -> bool:
 
 
 def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
-           placement: Placement, label: str = "trials") -> ConfigError | None:
+           placement: Placement, label: str = "trials", ctrl_c: CtrlC | None = None) -> ConfigError | None:
     """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
     trainer's bad-input error (the study stops)."""
     # The bar takes the whole width; the counts go on a line of their own below it.
@@ -229,18 +262,19 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
                    console=console, expand=True)
     task = bar.add_task("", total=left)
     try:
-        return _watch(coord, slots, spawn, console, poll, placement, bar, task)
+        return _watch(coord, slots, spawn, console, poll, placement, bar, task, ctrl_c or CtrlC())
     finally:
         if not console.is_terminal:
             console.line()  # a terminal's live display ends its line itself; a pipe's does not
 
 
-def _watch(coord, slots, spawn, console, poll, placement, bar, task) -> ConfigError | None:
+def _watch(coord, slots, spawn, console, poll, placement, bar, task, ctrl_c: CtrlC) -> ConfigError | None:
     pending = {a.run.remote(coord, i): i for i, a in enumerate(slots)}
     deaths_in_row: Counter = Counter()  # per worker slot, since it last finished a trial
     fatal = None
     with Live(Group(bar, Text("")), console=console, refresh_per_second=4) as live:
         while pending:
+            ctrl_c.check()
             ready, _ = ray.wait(list(pending), timeout=poll)
             for ref in ready:
                 slot = pending.pop(ref)
@@ -276,6 +310,7 @@ def _watch(coord, slots, spawn, console, poll, placement, bar, task) -> ConfigEr
             p = ray.get(coord.progress.remote())
             bar.update(task, completed=p.complete + p.pruned + p.failed)
             live.update(Group(bar, Text.from_markup(_progress_line(p))))
+            ctrl_c.check()
             if p.left == 0 and p.running == 0:
                 break  # all done; a replacement still waiting for room on the cluster is not needed
     return fatal

@@ -229,6 +229,28 @@ def test_ctrl_c_keeps_finished_trials_and_fails_running_ones(tmp_path):
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
+def test_the_first_ctrl_c_asks_for_a_stop_and_the_second_leaves():
+    """The driver's handler (run.CtrlC), with real signals: the first SIGINT raises nothing
+    where it lands and is acted on at the loop's next check; the second raises at once; the
+    handler before is back afterwards."""
+    import signal
+
+    from optsearch.search.run import CtrlC
+
+    before = signal.getsignal(signal.SIGINT)
+    with CtrlC() as ctrl_c:
+        ctrl_c.check()  # nothing pressed yet
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler has run: no KeyboardInterrupt here
+        assert ctrl_c.pressed == 1
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.slow
 def test_cifar10_config_on_cpu_against_the_shared_archive(cifar, cifar_cache_dir, tmp_path):
     """The real cifar10-adamw config, on CPU with small overrides, end to end."""
