@@ -256,7 +256,7 @@ def _room(placement: Placement) -> bool:
 
 
 def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
-           placement: Placement, label: str = "trials", ctrl_c: CtrlC | None = None) -> ConfigError | None:
+           placement: Placement, label: str, ctrl_c: CtrlC) -> ConfigError | None:
     """Run the workers to the end with a live progress bar, replacing dead ones. Returns a
     trainer's bad-input error (the study stops)."""
     # The bar takes the whole width; the counts go on a line of their own below it.
@@ -264,7 +264,7 @@ def _drive(coord, slots: list, spawn, console: Console, poll: float, left: int,
                    console=console, expand=True)
     task = bar.add_task("", total=left)
     try:
-        return _watch(coord, slots, spawn, console, poll, placement, bar, task, ctrl_c or CtrlC())
+        return _watch(coord, slots, spawn, console, poll, placement, bar, task, ctrl_c)
     finally:
         if not console.is_terminal:
             console.line()  # a terminal's live display ends its line itself; a pipe's does not

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optsearch.cache import cache_dir
+from optsearch.cache import cache_dir as optsearch_cache_dir  # cache_dir: a parameter name here
 from optsearch.errors import ConfigError
 
 DEFAULT_ROOT = "~/.cache/optsearch/cifar10"
@@ -232,7 +232,7 @@ def _write_cache(path: Path, data: dict) -> None:
 def default_cache_dir() -> Path:
     """``cifar10/`` in optsearch's cache (``optsearch.cache.cache_dir``: ``$OPTSEARCH_CACHE``,
     else ``$XDG_CACHE_HOME/optsearch``, else ``~/.cache/optsearch``)."""
-    return cache_dir() / "cifar10"
+    return optsearch_cache_dir() / "cifar10"
 
 
 def cache_paths(source: Path, key: str, cache_dir: str | os.PathLike | None = None) -> list[Path]:
