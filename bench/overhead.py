@@ -113,11 +113,10 @@ def one_round(trials: int, workers: int, skip_tune: bool) -> dict[str, tuple[flo
     """Every runner once, in this order, in this process (Ray started before, not timed)."""
     import ray
 
-    from optsearch.search.run import local_ray_defaults
+    from optsearch.search.run import start_local_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    local_ray_defaults()  # as optsearch starts its Ray
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(workers)  # as optsearch starts its Ray
     tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
     try:
         out = {RUNNERS[0]: bench_optuna(tmp, trials, workers),

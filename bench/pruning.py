@@ -80,10 +80,9 @@ def main() -> None:
         PRUNERS[name] = yaml.safe_load(spec)
     import ray
 
-    from optsearch.search.run import local_ray_defaults
+    from optsearch.search.run import start_local_ray
 
-    local_ray_defaults()  # as optsearch starts its Ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(2)  # as optsearch starts its Ray
     tmp = tempfile.mkdtemp(prefix="optsearch-pruning-")
     results: dict[str, list] = {p: [] for p in PRUNERS}
     for seed in range(args.seeds):

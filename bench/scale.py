@@ -90,10 +90,9 @@ def main() -> None:
     args = ap.parse_args()
     samplers = args.samplers or ["random", "tpe"]
     tmp = tempfile.mkdtemp(prefix="optsearch-scale-")
-    from optsearch.search.run import local_ray_defaults
+    from optsearch.search.run import start_local_ray
 
-    local_ray_defaults()  # as optsearch starts its Ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(2)  # as optsearch starts its Ray
     rows = [run(s, args, tmp) for s in samplers]
     ray.shutdown()
     ahead = f"sample_ahead: {str(args.ahead).lower()}"

@@ -64,6 +64,13 @@ def local_ray_defaults() -> None:
         os.environ.setdefault(var, value)
 
 
+def start_local_ray(num_cpus: int) -> None:
+    """A fresh local Ray of ``num_cpus`` as optsearch's own start makes it (workers at normal
+    priority, quiet), for the test session and the benches, which size it themselves."""
+    local_ray_defaults()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
 def init_ray(address: str | None = None, ship: bool = False) -> bool:
     """Join ``address`` (or ``RAY_ADDRESS``, as Ray's own tools read it), or start a local
     Ray. ``ship``: send the working directory to the cluster's nodes (Ray's ``runtime_env``

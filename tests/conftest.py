@@ -24,10 +24,9 @@ def ray_cluster():
     """One real local Ray for the session (2 CPUs, as on CI)."""
     import ray
 
-    from optsearch.search.run import local_ray_defaults
+    from optsearch.search.run import start_local_ray
 
-    local_ray_defaults()  # as the CLI starts its Ray: workers at normal priority
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_local_ray(2)  # as the CLI starts its Ray: workers at normal priority
     yield ray
     ray.shutdown()
 
