@@ -9,8 +9,10 @@ MLflow store, worker processes) counts: it is part of what a user waits for.
     python -m bench.overhead [--trials 100] [--workers 2] [--repeat 3] [--skip-tune]
 
 Each round runs every runner once, in a fresh Python process (as a user runs one study per
-process: no runner finds imports another left warm); the medians over rounds come last, since
-this machine's speed drifts between runs.
+process: no runner finds imports another left warm), and each runner on a fresh local Ray
+that has settled (as each ``optsearch study`` starts its own: its start, workers Ray
+prestarts included, is not timed); the medians over rounds come last, since this machine's
+speed drifts between runs.
 """
 
 from __future__ import annotations
@@ -109,24 +111,61 @@ RUNNERS = ("bare Optuna (SQLite, n_jobs)", "optsearch (no MLflow)", "optsearch (
            "Ray Tune (OptunaSearch+ASHA)")
 
 
+def settle(timeout: float = 10.0, idle: float = 0.9, window: float = 0.2) -> float:
+    """Wait until this machine's CPUs are at least ``idle`` idle over two windows in a row
+    (Linux's /proc/stat; elsewhere two seconds), so that no runner pays for what the one
+    before it left running. Returns the seconds waited."""
+    t0 = time.perf_counter()
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, all
+
+    try:
+        quiet, last = 0, ticks()
+        while quiet < 2 and time.perf_counter() - t0 < timeout:
+            time.sleep(window)
+            now = ticks()
+            spent = now[1] - last[1]
+            quiet = quiet + 1 if spent and (now[0] - last[0]) / spent >= idle else 0
+            last = now
+    except OSError:
+        time.sleep(2.0)
+    return time.perf_counter() - t0
+
+
 def one_round(trials: int, workers: int, skip_tune: bool) -> dict[str, tuple[float, int]]:
-    """Every runner once, in this order, in this process (Ray started before, not timed)."""
+    """Every runner once, in this order, in this process, each on a fresh local Ray (started
+    as optsearch starts its own; neither its start nor the wait for a quiet machine is timed).
+
+    A fresh Ray per runner, as each ``optsearch study`` starts its own: a runner that came
+    after another on the same Ray did not find the worker processes Ray prestarts (the one
+    before used them up: a killed actor's process exits), so it started its actors'
+    processes on the clock (its first actor 0.4 s later, seen in a trace of this bench).
+    Bare Optuna runs beside an idle Ray too."""
     import ray
 
     from optsearch.search.run import start_local_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    start_local_ray(workers)  # as optsearch starts its Ray
     tmp = tempfile.mkdtemp(prefix="optsearch-overhead-")
+    runs = [(RUNNERS[0], lambda: bench_optuna(tmp, trials, workers)),
+            (RUNNERS[1], lambda: bench_optsearch(tmp, trials, workers, False)),
+            (RUNNERS[2], lambda: bench_optsearch(tmp, trials, workers, True))]
+    if not skip_tune:
+        runs.append((RUNNERS[3], lambda: bench_tune(tmp, trials, workers)))
+    out = {}
     try:
-        out = {RUNNERS[0]: bench_optuna(tmp, trials, workers),
-               RUNNERS[1]: bench_optsearch(tmp, trials, workers, False),
-               RUNNERS[2]: bench_optsearch(tmp, trials, workers, True)}
-        if not skip_tune:
-            out[RUNNERS[3]] = bench_tune(tmp, trials, workers)
+        for name, runner in runs:
+            start_local_ray(workers)  # as optsearch starts its Ray
+            settle()
+            try:
+                out[name] = runner()
+            finally:
+                ray.shutdown()
         return out
     finally:
-        ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
