@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -302,3 +303,76 @@ def test_a_trial_written_in_one_batch_or_across_batches_ends_with_the_same_run(t
     assert second.data.metrics == {"acc": 0.05, "wall_time_s": 3.5}
     history = writer.client.get_metric_history(second.info.run_id, "acc")
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.05)]
+
+
+def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp_path, monkeypatch):
+    """The writer's fast path (``_WholeRuns``: whole trials, many per transaction) against
+    MLflow's own client as the oracle: the same trials written both ways, then read back
+    through ``MlflowClient``, are the same runs: info, params, tags, latest metrics, every
+    metric's history, and what searches and orderings find. The trials include what MLflow
+    treats specially: NaN and infinite values, a point logged twice, two points at one step."""
+    from optsearch.search.tracking import MlflowWriter
+
+    monkeypatch.setenv("OPTSEARCH_CACHE", str(tmp_path / "cache"))
+    nan, inf = float("nan"), float("inf")
+
+    def groups() -> list[dict]:
+        out = []
+        for n in range(4):
+            lr = 10.0 ** -(n + 2)
+            points = [(1, {"acc": 0.1 * n, "loss": 2.0}, 1_000_100 + n), (2, {"acc": 0.2 * n, "loss": nan}, 1_000_200 + n),
+                      (2, {"acc": 0.2 * n, "loss": nan}, 1_000_200 + n),  # the same point twice
+                      (3, {"acc": 0.25 * n, "loss": inf}, 1_000_300 + n), (3, {"acc": 0.3 * n}, 1_000_400 + n)]
+            state = TrialState.PRUNED if n == 3 else TrialState.COMPLETE
+            out.append({"number": n, "points": points,
+                        "start": ({"optimizer": {"name": "adamw", "lr": lr, "eps": 1e-8}}, {"optimizer.lr": "adamw.lr"},
+                                  {"adamw.lr": lr}, {"optsearch.study": "s", "optsearch.trial_number": str(n)},
+                                  1000.0 + n, f"t{n} adamw"),
+                        "finish": {"number": n, "state": state, "value": None if n == 3 else 0.3 * n,
+                                   "metrics": {"wall_time_s": 2.5, "test_acc": -inf if n == 2 else 0.1},
+                                   "tags": {"optsearch.state": state.name.lower()},
+                                   "name": f"t{n} adamw" + (" (pruned @3)" if n == 3 else ""), "params": None,
+                                   "build": None, "ended": 1002.5 + n, "epochs_run": None, "last_step": 3}})
+        return out
+
+    seen = {}
+    for way in ("client", "whole"):
+        writer = MlflowWriter(f"sqlite:///{tmp_path}/{way}.db", "e")
+        assert writer.whole_runs is not None  # a local SQL store: the fast path is on by default
+        if way == "client":
+            writer.whole_runs = None
+        writer.open("parent", {"optsearch.study": "s", "optsearch.storage": "sqlite://", "optsearch.metric": "acc"},
+                    None, [], "", 1000.0)
+        writer.apply(groups())
+        assert writer.whole_runs is (None if way == "client" else writer.whole_runs) and not writer.errors
+        writer.close()
+        client, exp = writer.client, writer.experiment_id
+        runs = client.search_runs([exp], "tags.optsearch.trial_number != ''", order_by=["tags.optsearch.trial_number"])
+        assert len(runs) == 4
+
+        def view(r):
+            info = {k: getattr(r.info, k) for k in ("run_name", "status", "start_time", "end_time", "lifecycle_stage",
+                                                     "user_id", "experiment_id")}
+            info["artifact_uri"] = r.info.artifact_uri.replace(r.info.run_id, "<id>").replace(f"{way}.db", "")
+            history = {k: [(m.step, m.timestamp, m.value) for m in client.get_metric_history(r.info.run_id, k)]
+                       for k in r.data.metrics}
+            tags = {k: (v if k != "mlflow.parentRunId" else "<parent>") for k, v in r.data.tags.items()}
+            return info, r.data.params, tags, r.data.metrics, history, list(r.inputs.dataset_inputs)
+
+        found = {q: [r.data.tags["optsearch.trial_number"] for r in client.search_runs([exp], q, order_by=o)]
+                 for q, o in (("metrics.acc > 0.25", ["metrics.acc DESC"]), ("params.`optimizer.lr` = '0.001'", None),
+                              ("attributes.status = 'FINISHED' and tags.optsearch.state = 'pruned'", None),
+                              ("metrics.loss > 1e300", None), ("metrics.test_acc < 0", None))}
+        seen[way] = ([view(r) for r in runs], found)
+    assert json.dumps(seen["whole"], sort_keys=True, default=str) == json.dumps(seen["client"], sort_keys=True, default=str)
+    views, found = seen["whole"]
+    # Known answers: acc's latest is its last step's later point, 0.3 n; loss's latest is +inf's stand-in.
+    assert found["metrics.acc > 0.25"] == ["3", "2", "1"] and found["params.`optimizer.lr` = '0.001'"] == ["1"]
+    assert sorted(found["metrics.loss > 1e300"]) == ["0", "1", "2", "3"] and found["metrics.test_acc < 0"] == ["2"]
+    assert found["attributes.status = 'FINISHED' and tags.optsearch.state = 'pruned'"] == ["3"]
+    assert views[2][3]["test_acc"] == -1.7976931348623157e308  # MLflow's stand-in for -inf, both ways
+    assert sorted(views[1][4]["acc"]) == [(1, 1_000_101, 0.1), (2, 1_000_201, 0.2), (3, 1_000_301, 0.25),
+                                          (3, 1_000_401, 0.3)]
+    loss = sorted(views[0][4]["loss"])
+    assert [(s, t) for s, t, _ in loss] == [(1, 1_000_100), (2, 1_000_200), (3, 1_000_300)]  # the twice-logged point once
+    assert loss[0][2] == 2.0 and math.isnan(loss[1][2]) and loss[2][2] == 1.7976931348623157e308
