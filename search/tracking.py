@@ -8,7 +8,7 @@ writes to land.
 
 What a study waits for at its end is kept small (``bench/overhead.py``): a new local store
 is a copy of an empty one MLflow made (``empty_store``), not two seconds of migrations; on
-MLflow's SQL store the trials that start and end between two batches are written in one
+a local SQLite store the trials that start and end between two batches are written in one
 transaction of MLflow's own table models (``_WholeRuns``), a tenth of the CPU of the client's
 three calls per run; the parent run's plots are drawn from the trials the coordinator sends,
 and what they import is imported while the study runs.
@@ -251,7 +251,7 @@ class MlflowWriter:
         self.backfilled = 0  # finished trials that had no run, logged at open
         self.study = self.storage = None  # set by open
         self.metric = "value"
-        self.whole_runs = _WholeRuns.of(self.client)  # None: every run through the client
+        self.whole_runs = _WholeRuns.of(self.client) if urls.is_sqlite(uri) else None  # None: all through the client
 
     # --- writes that survive MLflow's failures --------------------------------------------
     def _do(self, name: str, *args: Any) -> None:
@@ -307,7 +307,7 @@ class MlflowWriter:
         "points": [(step, metrics, timestamp_ms)], "finish": record or None}`` (a record:
         state, value, metrics, tags, name, params, build, ended, epochs_run). The short trials
         that start and end within one batch are written together, in one transaction
-        (``_WholeRuns``, on MLflow's SQL store; elsewhere three client calls each: create,
+        (``_WholeRuns``, on a SQLite store; elsewhere three client calls each: create,
         one log_batch, end)."""
         self._do("_apply", groups)
 
@@ -597,7 +597,8 @@ class _WholeRuns:
 
     @classmethod
     def of(cls, client: Any) -> "_WholeRuns | None":
-        """For a client on MLflow's SQL store; None for any other (a tracking server)."""
+        """For a client on MLflow's SQL store; None for any other (a tracking server). The
+        writer uses it on SQLite stores only, the ones the tests compare against the client."""
         try:
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
