@@ -167,6 +167,13 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
+def _param_texts(start: tuple) -> list[tuple[str, str]]:
+    """A trial's params in MLflow (``start``: its group's start): the searched knobs, by
+    resolved path, at 6 significant digits."""
+    flat = flatten(start[0])
+    return [(k, param_text(flat[k])) for k in start[1] if k in flat]
+
+
 def import_importance_without_sklearn() -> None:
     """Import ``optuna.importance`` with scikit-learn kept out, unless it is in already.
 
@@ -252,6 +259,7 @@ class MlflowWriter:
         self.study = self.storage = None  # set by open
         self.metric = "value"
         self.whole_runs = _WholeRuns.of(self.client) if urls.is_sqlite(uri) else None  # None: all through the client
+        self._whole_failures = 0  # its transactions that failed in a row
 
     # --- writes that survive MLflow's failures --------------------------------------------
     def _do(self, name: str, *args: Any) -> None:
@@ -419,46 +427,60 @@ class MlflowWriter:
     def _whole(self, groups: list) -> int:
         """Write the leading groups that are whole trials (started and finished within this
         batch: most short trials) in one transaction (``_WholeRuns``); how many were written.
-        When that fails, nothing of it is kept and every run goes through the client from then
-        on (the client's error, if it fails too, is the one reported)."""
-        import json
-
+        A group that cannot be put together ends the run of whole groups (the client path
+        then writes it, or says why not). When the transaction fails nothing of it is kept
+        and the client writes these groups; after three failures in a row, every run."""
         if self.whole_runs is None or self.parent_id is None:
             return 0
         runs = []
         for g in groups:
             if g["start"] is None or g["finish"] is None or g.get("logged") or g["number"] in self.runs:
                 break
-            params, searched, sampled, tags, started, name = g["start"]
-            metrics, final_tags = self._final(g["finish"])
-            name = final_tags.pop("mlflow.runName", name)
-            tags = {"mlflow.parentRunId": self.parent_id, **tags,
-                    "optsearch.params": json.dumps(params, sort_keys=True, default=str),
-                    "optsearch.optuna_params": json.dumps(sampled, sort_keys=True, default=str),
-                    **{k: str(v) for k, v in final_tags.items()}}
-            points = [(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
-            points += [(m.key, m.value, m.timestamp, m.step) for m in metrics]
-            flat = flatten(params)
-            runs.append({"name": name, "tags": tags, "started": _ms(started), "ended": _ms(g["finish"]["ended"]),
-                         "status": STATUS[g["finish"]["state"]], "metrics": points,
-                         "params": [(k, param_text(flat[k])) for k in searched if k in flat]})
+            try:
+                metrics, final_tags = self._final_of(g)
+                name = final_tags.get("mlflow.runName", g["start"][5])
+                points = [(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
+                runs.append({"name": name, "started": _ms(g["start"][4]), "ended": _ms(g["finish"]["ended"]),
+                             "tags": {**self._opening_tags(g["start"]),
+                                      **{k: str(v) for k, v in final_tags.items() if k != "mlflow.runName"}},
+                             "status": STATUS[g["finish"]["state"]], "params": _param_texts(g["start"]),
+                             "metrics": points + [(m.key, m.value, m.timestamp, m.step) for m in metrics]})
+            except Exception:  # noqa: BLE001 - the client path writes it, or reports why it cannot
+                break
         if not runs:
             return 0
         try:
             self.whole_runs.write(self.experiment_id, runs)
         except Exception as err:  # noqa: BLE001 - the client writes them instead
-            log.warning("MLflow runs written one by one from now on: %s: %s", type(err).__name__, err)
-            self.whole_runs = None
+            self._whole_failures += 1
+            log.warning("MLflow: %d run(s) written one by one after %s: %s", len(runs), type(err).__name__, err)
+            if self._whole_failures >= 3:
+                self.whole_runs = None
             return 0
+        self._whole_failures = 0
         return len(runs)
+
+    def _opening_tags(self, start: tuple) -> dict:
+        """The tags a trial's run is created with (``start``: the group's start)."""
+        import json
+
+        params, _, sampled, tags, _, _ = start
+        return {"mlflow.parentRunId": self.parent_id, **tags,
+                "optsearch.params": json.dumps(params, sort_keys=True, default=str),
+                "optsearch.optuna_params": json.dumps(sampled, sort_keys=True, default=str)}
+
+    def _final_of(self, g: dict) -> tuple[list, dict]:
+        """``_final`` of the group's finish, worked out once (a retry reuses it)."""
+        if "final" not in g:
+            g["final"] = self._final(g["finish"])
+        metrics, tags = g["final"]
+        return list(metrics), dict(tags)
 
     def _group(self, g: dict) -> None:
         """One trial's writes through the client. A trial that starts and ends within one
         batch (when ``_whole`` did not write it) costs three: its run is created with its
         final name and tags, one ``log_batch`` (metrics and params), and its end; a trial
         whose run exists already sends only the tags that changed, and its final name."""
-        import json
-
         from mlflow.entities import Metric, Param, RunTag
 
         number = g["number"]
@@ -467,14 +489,12 @@ class MlflowWriter:
         final_tags: dict = {}
         extra: list = []
         if g["finish"] is not None and not g.get("logged"):
-            extra, final_tags = self._final(g["finish"])
+            extra, final_tags = self._final_of(g)
         if number not in self.runs:
             if g["start"] is None:
                 return  # a trial this invocation never opened (its start was lost with a crash)
-            params, searched, sampled, tags, started, name = g["start"]
-            tags = {"mlflow.parentRunId": self.parent_id, **tags,
-                    "optsearch.params": json.dumps(params, sort_keys=True, default=str),
-                    "optsearch.optuna_params": json.dumps(sampled, sort_keys=True, default=str)}
+            started, name = g["start"][4], g["start"][5]
+            tags = self._opening_tags(g["start"])
             if final_tags:  # it ended too: created as it ended (name and tags final)
                 name = final_tags.pop("mlflow.runName", name)
                 tags.update({k: str(v) for k, v in final_tags.items()})
@@ -488,10 +508,7 @@ class MlflowWriter:
         run_id = self.runs[number]
         if not g.get("logged"):
             metrics = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
-            params = []
-            if g["start"] is not None:
-                flat = flatten(g["start"][0])
-                params = [Param(k, param_text(flat[k])) for k in g["start"][1] if k in flat]
+            params = [] if g["start"] is None else [Param(k, v) for k, v in _param_texts(g["start"])]
             metrics += extra
             if metrics or params or final_tags:
                 self._batch(run_id, metrics, params=params,
@@ -616,7 +633,7 @@ class _WholeRuns:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
         from mlflow.utils.uri import append_to_uri_path
-        from mlflow.utils.validation import _validate_batch_log_data, _validate_batch_log_limits, _validate_param_keys_unique
+        from mlflow.utils.validation import _validate_batch_log_data, _validate_param_keys_unique
 
         if experiment_id not in self.locations:
             self.locations[experiment_id] = self.store.get_experiment(experiment_id).artifact_location
@@ -626,9 +643,9 @@ class _WholeRuns:
             tags = {**r["tags"], MLFLOW_RUN_NAME: r["name"]}  # as create_run adds it
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in r["metrics"]]
             params = [Param(k, v) for k, v in r["params"]]
+            # Each item as log_batch checks it. Not its per-request limits (1,000 items, 100
+            # params): the client splits a run's batch into requests that fit them.
             metrics, params, _ = _validate_batch_log_data(metrics, params, [])
-            for i in range(0, max(1, len(metrics)), 1000):  # what log_batch allows at once
-                _validate_batch_log_limits(metrics[i:i + 1000], params if i == 0 else [], [])
             _validate_param_keys_unique(params)
             rows.append(SqlRun(
                 name=r["name"], artifact_uri=append_to_uri_path(self.locations[experiment_id], run_id, "artifacts"),

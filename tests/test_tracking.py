@@ -305,12 +305,14 @@ def test_a_trial_written_in_one_batch_or_across_batches_ends_with_the_same_run(t
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.05)]
 
 
-def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp_path, monkeypatch):
+def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp_path, monkeypatch, caplog):
     """The writer's fast path (``_WholeRuns``: whole trials, many per transaction) against
     MLflow's own client as the oracle: the same trials written both ways, then read back
     through ``MlflowClient``, are the same runs: info, params, tags, latest metrics, every
     metric's history, and what searches and orderings find. The trials include what MLflow
-    treats specially: NaN and infinite values, a point logged twice, two points at one step."""
+    treats specially: NaN and infinite values, a point logged twice, two points at one step,
+    more points and params than one ``log_batch`` request takes (the client splits them),
+    and a trial still running between whole ones (its run goes through the client)."""
     from optsearch.search.tracking import MlflowWriter
 
     monkeypatch.setenv("OPTSEARCH_CACHE", str(tmp_path / "cache"))
@@ -324,6 +326,12 @@ def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp
                       (2, {"acc": 0.2 * n, "loss": nan}, 1_000_200 + n),  # the same point twice
                       (3, {"acc": 0.25 * n, "loss": inf}, 1_000_300 + n), (3, {"acc": 0.3 * n}, 1_000_400 + n)]
             state = TrialState.PRUNED if n == 3 else TrialState.COMPLETE
+            if n == 2:  # a trial that is still running when this batch is sent
+                big = {"optimizer": {"name": "sgd", "lr": 0.5}, "extra": {f"p{i:03d}": i / 7 for i in range(120)}}
+                out.append({"number": 5, "finish": None, "points": [(1, {"curve": 0.5}, 1_000_001)],
+                            "start": (big, {"optimizer.lr": "sgd.lr", **{f"extra.p{i:03d}": f"p{i}" for i in range(120)}},
+                                      {"sgd.lr": 0.5}, {"optsearch.study": "s", "optsearch.trial_number": "5"},
+                                      1000.0, "t5 sgd")})
             out.append({"number": n, "points": points,
                         "start": ({"optimizer": {"name": "adamw", "lr": lr, "eps": 1e-8}}, {"optimizer.lr": "adamw.lr"},
                                   {"adamw.lr": lr}, {"optsearch.study": "s", "optsearch.trial_number": str(n)},
@@ -333,7 +341,21 @@ def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp
                                    "tags": {"optsearch.state": state.name.lower()},
                                    "name": f"t{n} adamw" + (" (pruned @3)" if n == 3 else ""), "params": None,
                                    "build": None, "ended": 1002.5 + n, "epochs_run": None, "last_step": 3}})
+        big = {"optimizer": {"name": "sgd", "lr": 0.25}, "extra": {f"p{i:03d}": i / 7 for i in range(120)}}
+        out.append({"number": 4, "points": [(s, {"curve": s / 1000}, 1_000_000 + s) for s in range(1, 1201)],
+                    "start": (big, {"optimizer.lr": "sgd.lr", **{f"extra.p{i:03d}": f"p{i}" for i in range(120)}},
+                              {"sgd.lr": 0.25}, {"optsearch.study": "s", "optsearch.trial_number": "4"}, 1000.0,
+                              "t4 sgd"),
+                    "finish": {"number": 4, "state": TrialState.COMPLETE, "value": 1.2, "metrics": {"test_acc": 0.5},
+                               "tags": {"optsearch.state": "complete"}, "name": "t4 sgd", "params": None,
+                               "build": None, "ended": 1010.0, "epochs_run": None, "last_step": 1200}})
         return out
+
+    def later() -> list[dict]:  # the running trial's end, in the next batch (the writer consumes its lists)
+        return [{"number": 5, "start": None, "points": [(2, {"curve": 0.75}, 1_002_001)],
+                 "finish": {"number": 5, "state": TrialState.COMPLETE, "value": 0.75, "metrics": {"test_acc": 0.5},
+                            "tags": {"optsearch.state": "complete"}, "name": "t5 sgd", "params": None, "build": None,
+                            "ended": 1003.0, "epochs_run": None, "last_step": 2}}]
 
     seen = {}
     for way in ("client", "whole"):
@@ -344,11 +366,13 @@ def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp
         writer.open("parent", {"optsearch.study": "s", "optsearch.storage": "sqlite://", "optsearch.metric": "acc"},
                     None, [], "", 1000.0)
         writer.apply(groups())
-        assert writer.whole_runs is (None if way == "client" else writer.whole_runs) and not writer.errors
+        writer.apply(later())
+        assert not writer.errors and "written one by one" not in caplog.text  # no transaction failed
+        assert (writer.whole_runs is None) == (way == "client")  # the fast path took every whole trial
         writer.close()
         client, exp = writer.client, writer.experiment_id
         runs = client.search_runs([exp], "tags.optsearch.trial_number != ''", order_by=["tags.optsearch.trial_number"])
-        assert len(runs) == 4
+        assert len(runs) == 6
 
         def view(r):
             info = {k: getattr(r.info, k) for k in ("run_name", "status", "start_time", "end_time", "lifecycle_stage",
@@ -371,6 +395,8 @@ def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp
     assert sorted(found["metrics.loss > 1e300"]) == ["0", "1", "2", "3"] and found["metrics.test_acc < 0"] == ["2"]
     assert found["attributes.status = 'FINISHED' and tags.optsearch.state = 'pruned'"] == ["3"]
     assert views[2][3]["test_acc"] == -1.7976931348623157e308  # MLflow's stand-in for -inf, both ways
+    assert len(views[4][1]) == 121 and views[4][1]["extra.p007"] == "1" and len(views[4][4]["curve"]) == 1200
+    assert views[4][3]["curve"] == 1.2 and views[5][3]["curve"] == 0.75 and len(views[5][1]) == 121
     assert sorted(views[1][4]["acc"]) == [(1, 1_000_101, 0.1), (2, 1_000_201, 0.2), (3, 1_000_301, 0.25),
                                           (3, 1_000_401, 0.3)]
     loss = sorted(views[0][4]["loss"])
