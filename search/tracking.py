@@ -260,6 +260,7 @@ class MlflowWriter:
         self.metric = "value"
         self.whole_runs = _WholeRuns.of(self.client) if urls.is_sqlite(uri) else None  # None: all through the client
         self._whole_failures = 0  # its transactions that failed in a row
+        self._metric_names: dict[str, bool] = {}  # metric name -> whether MLflow takes it
 
     # --- writes that survive MLflow's failures --------------------------------------------
     def _do(self, name: str, *args: Any) -> None:
@@ -439,12 +440,14 @@ class MlflowWriter:
             try:
                 metrics, final_tags = self._final_of(g)
                 name = final_tags.get("mlflow.runName", g["start"][5])
-                points = [(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
+                points = [(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()
+                          if self._takes(k)]
                 runs.append({"name": name, "started": _ms(g["start"][4]), "ended": _ms(g["finish"]["ended"]),
                              "tags": {**self._opening_tags(g["start"]),
                                       **{k: str(v) for k, v in final_tags.items() if k != "mlflow.runName"}},
                              "status": STATUS[g["finish"]["state"]], "params": _param_texts(g["start"]),
-                             "metrics": points + [(m.key, m.value, m.timestamp, m.step) for m in metrics]})
+                             "metrics": points + [(m.key, m.value, m.timestamp, m.step) for m in metrics
+                                                  if self._takes(m.key)]})
             except Exception:  # noqa: BLE001 - the client path writes it, or reports why it cannot
                 break
         if not runs:
@@ -459,6 +462,21 @@ class MlflowWriter:
             return 0
         self._whole_failures = 0
         return len(runs)
+
+    def _takes(self, name: str) -> bool:
+        """Whether MLflow takes ``name`` as a metric name. A name it refuses (``acc@1``) is
+        left out, said once in the errors: retried, its write would fail every time, and every
+        later write would wait behind it."""
+        if name not in self._metric_names:
+            from mlflow.utils.validation import _validate_metric_name
+
+            try:
+                _validate_metric_name(name)
+                self._metric_names[name] = True
+            except Exception as err:  # noqa: BLE001 - MLflow's own words say why
+                self._metric_names[name] = False
+                self._failed(f"metric {name!r} (not logged)", err)
+        return self._metric_names[name]
 
     def _opening_tags(self, start: tuple) -> dict:
         """The tags a trial's run is created with (``start``: the group's start)."""
@@ -507,9 +525,10 @@ class MlflowWriter:
             final_tags = {k: v for k, v in final_tags.items() if known.get(k) != str(v)}
         run_id = self.runs[number]
         if not g.get("logged"):
-            metrics = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
+            metrics = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()
+                       if self._takes(k)]
             params = [] if g["start"] is None else [Param(k, v) for k, v in _param_texts(g["start"])]
-            metrics += extra
+            metrics += [m for m in extra if self._takes(m.key)]
             if metrics or params or final_tags:
                 self._batch(run_id, metrics, params=params,
                             tags=[RunTag(k, str(v)) for k, v in final_tags.items()])

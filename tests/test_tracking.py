@@ -402,3 +402,45 @@ def test_whole_runs_written_in_one_transaction_read_back_as_the_clients_runs(tmp
     loss = sorted(views[0][4]["loss"])
     assert [(s, t) for s, t, _ in loss] == [(1, 1_000_100), (2, 1_000_200), (3, 1_000_300)]  # the twice-logged point once
     assert loss[0][2] == 2.0 and math.isnan(loss[1][2]) and loss[2][2] == 1.7976931348623157e308
+
+
+def test_a_metric_name_mlflow_refuses_is_left_out_once_and_blocks_no_later_write(tmp_path, monkeypatch):
+    """A trainer may report a metric MLflow refuses to name (``acc@1``). Retried, its write
+    failed every time and every later write of the study queued behind it; now the name is
+    left out, said once in the errors, and the rest of every run is written, by either path
+    (a whole trial in one transaction, a trial across batches through the client)."""
+    from optsearch.search.tracking import MlflowWriter
+
+    monkeypatch.setenv("OPTSEARCH_CACHE", str(tmp_path / "cache"))
+    writer = MlflowWriter(f"sqlite:///{tmp_path}/m.db", "e")
+    writer.open("parent", {"optsearch.study": "s", "optsearch.storage": "sqlite://", "optsearch.metric": "acc"},
+                None, [], "", 1000.0)
+
+    def start(n: int) -> tuple:
+        return ({"optimizer": {"name": "adamw", "lr": 0.01}}, {"optimizer.lr": "adamw.lr"}, {"adamw.lr": 0.01},
+                {"optsearch.study": "s", "optsearch.trial_number": str(n)}, 1000.0 + n, f"t{n}")
+
+    def finish(n: int) -> dict:
+        return {"number": n, "state": TrialState.COMPLETE, "value": 0.5, "metrics": {"acc": 0.5, "top@5": 0.9},
+                "tags": {"optsearch.state": "complete"}, "name": f"t{n}", "params": None, "build": None,
+                "ended": 1005.0 + n, "epochs_run": None, "last_step": 1}
+
+    writer.apply([{"number": 0, "start": start(0), "points": [(1, {"acc": 0.5, "acc@1": 0.4}, 1_000_500)],
+                   "finish": finish(0)},
+                  {"number": 1, "start": start(1), "points": [(1, {"acc": 0.25, "acc@1": 0.2}, 1_001_500)],
+                   "finish": None}])
+    writer.apply([{"number": 1, "start": None, "points": [(2, {"acc": 0.5, "acc@1": 0.3}, 1_002_500)],
+                   "finish": finish(1)},
+                  {"number": 2, "start": start(2), "points": [(1, {"acc": 0.75}, 1_002_600)], "finish": finish(2)}])
+    result = writer.close()
+
+    assert result["unwritten"] == 0
+    assert len(result["errors"]) == 2  # one per refused name, however often it came
+    assert "'acc@1'" in result["errors"][0] and "'top@5'" in result["errors"][1]
+    runs = {r.data.tags["optsearch.trial_number"]: r
+            for r in writer.client.search_runs([writer.experiment_id], "tags.optsearch.trial_number != ''")}
+    assert sorted(runs) == ["0", "1", "2"]
+    for n, r in runs.items():
+        assert r.info.status == "FINISHED" and set(r.data.metrics) == {"acc", "value"}, (n, r.data.metrics)
+    history = writer.client.get_metric_history(runs["1"].info.run_id, "acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.25), (1, 0.5), (2, 0.5)]
