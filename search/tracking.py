@@ -167,11 +167,13 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
-def _param_texts(start: tuple) -> list[tuple[str, str]]:
+def _params(start: tuple) -> list:
     """A trial's params in MLflow (``start``: its group's start): the searched knobs, by
     resolved path, at 6 significant digits."""
+    from mlflow.entities import Param
+
     flat = flatten(start[0])
-    return [(k, param_text(flat[k])) for k in start[1] if k in flat]
+    return [Param(k, param_text(flat[k])) for k in start[1] if k in flat]
 
 
 def import_importance_without_sklearn() -> None:
@@ -440,14 +442,11 @@ class MlflowWriter:
             try:
                 metrics, final_tags = self._final_of(g)
                 name = final_tags.get("mlflow.runName", g["start"][5])
-                points = [(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()
-                          if self._takes(k)]
                 runs.append({"name": name, "started": _ms(g["start"][4]), "ended": _ms(g["finish"]["ended"]),
                              "tags": {**self._opening_tags(g["start"]),
                                       **{k: str(v) for k, v in final_tags.items() if k != "mlflow.runName"}},
-                             "status": STATUS[g["finish"]["state"]], "params": _param_texts(g["start"]),
-                             "metrics": points + [(m.key, m.value, m.timestamp, m.step) for m in metrics
-                                                  if self._takes(m.key)]})
+                             "status": STATUS[g["finish"]["state"]], "params": _params(g["start"]),
+                             "metrics": self._metrics_of(g, metrics)})
             except Exception:  # noqa: BLE001 - the client path writes it, or reports why it cannot
                 break
         if not runs:
@@ -478,6 +477,14 @@ class MlflowWriter:
                 self._failed(f"metric {name!r} (not logged)", err)
         return self._metric_names[name]
 
+    def _metrics_of(self, g: dict, extra: list) -> list:
+        """The metrics a group logs: its reported points, then ``extra`` (its final ones),
+        without the names MLflow refuses."""
+        from mlflow.entities import Metric
+
+        points = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()]
+        return [m for m in points + list(extra) if self._takes(m.key)]
+
     def _opening_tags(self, start: tuple) -> dict:
         """The tags a trial's run is created with (``start``: the group's start)."""
         import json
@@ -499,7 +506,7 @@ class MlflowWriter:
         batch (when ``_whole`` did not write it) costs three: its run is created with its
         final name and tags, one ``log_batch`` (metrics and params), and its end; a trial
         whose run exists already sends only the tags that changed, and its final name."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import RunTag
 
         number = g["number"]
         if self.parent_id is None:
@@ -525,10 +532,8 @@ class MlflowWriter:
             final_tags = {k: v for k, v in final_tags.items() if known.get(k) != str(v)}
         run_id = self.runs[number]
         if not g.get("logged"):
-            metrics = [Metric(k, float(v), ts, step) for step, values, ts in g["points"] for k, v in values.items()
-                       if self._takes(k)]
-            params = [] if g["start"] is None else [Param(k, v) for k, v in _param_texts(g["start"])]
-            metrics += [m for m in extra if self._takes(m.key)]
+            metrics = self._metrics_of(g, extra)
+            params = [] if g["start"] is None else _params(g["start"])
             if metrics or params or final_tags:
                 self._batch(run_id, metrics, params=params,
                             tags=[RunTag(k, str(v)) for k, v in final_tags.items()])
@@ -644,11 +649,11 @@ class _WholeRuns:
         return cls(store) if isinstance(store, SqlAlchemyStore) else None
 
     def write(self, experiment_id: str, runs: list[dict]) -> None:
-        """``runs``: name, tags (dict), started and ended (ms), status, metrics ((key, value,
-        timestamp, step)), params ((key, text))."""
+        """``runs``: name, tags (dict), started and ended (ms), status, metrics and params
+        (MLflow's ``Metric`` and ``Param``, as ``log_batch`` takes them)."""
         import uuid
 
-        from mlflow.entities import LifecycleStage, Metric, Param, SourceType
+        from mlflow.entities import LifecycleStage, SourceType
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
         from mlflow.utils.uri import append_to_uri_path
@@ -660,11 +665,9 @@ class _WholeRuns:
         for r in runs:
             run_id = uuid.uuid4().hex
             tags = {**r["tags"], MLFLOW_RUN_NAME: r["name"]}  # as create_run adds it
-            metrics = [Metric(k, v, ts, step) for k, v, ts, step in r["metrics"]]
-            params = [Param(k, v) for k, v in r["params"]]
             # Each item as log_batch checks it. Not its per-request limits (1,000 items, 100
             # params): the client splits a run's batch into requests that fit them.
-            metrics, params, _ = _validate_batch_log_data(metrics, params, [])
+            metrics, params, _ = _validate_batch_log_data(r["metrics"], r["params"], [])
             _validate_param_keys_unique(params)
             rows.append(SqlRun(
                 name=r["name"], artifact_uri=append_to_uri_path(self.locations[experiment_id], run_id, "artifacts"),
